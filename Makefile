@@ -1,0 +1,48 @@
+# One surface for people and CI: `make demo`, `make test`, `make test-long`, `make check`, `make bench`.
+# Downloads are cached outside the clone (~/.cache/keel, ~/.m2, pip and Go caches); runtime data in .keel/.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+KEEL   := $(BIN)/keel
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+PYTEST_ARGS ?=
+
+.PHONY: install stack stack-down demo test test-long check bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+stack: install
+	$(KEEL) stack up --with-toxiproxy
+
+stack-down: install
+	$(KEEL) stack down
+
+demo: install
+	$(KEEL) stack up --with-toxiproxy
+	$(KEEL) demo --report reports/demo.json
+
+# Starts what the tests need and stops it after, unless it was already running before.
+test: install
+	@bash scripts/with-stack.sh $(BIN)/pytest -m "not long" $(PYTEST_ARGS)
+
+test-long: install
+	@bash scripts/with-stack.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check keel producers consumers projections schemas deploy
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: install
+	@bash scripts/with-stack.sh $(KEEL) bench --json reports/bench.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache reports

@@ -1,0 +1,1 @@
+"""Consumers: the Kafka consumer runtime and the services that project change events."""

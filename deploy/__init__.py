@@ -1,0 +1,1 @@
+"""Deployment: the `keel` command line, the local stack and the cluster manifests."""

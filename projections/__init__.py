@@ -1,0 +1,1 @@
+"""Projections: PostgreSQL models, conflict rules, per-device outboxes, digests, rebuilds and snapshots."""

@@ -1,0 +1,1 @@
+"""Schemas: the Avro event contract, registry governance, migrations and version negotiation."""
