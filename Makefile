@@ -8,7 +8,7 @@ KEEL   := $(BIN)/keel
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install stack stack-down demo test test-long check bench clean
+.PHONY: install stack stack-down demo test test-long check bench clean k8s-validate k8s-schemas asyncapi
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -40,9 +40,26 @@ check: install
 	$(BIN)/ruff format --check keel producers consumers projections schemas deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(KEEL) schemas gate
+	$(BIN)/hadolint Dockerfile
+	$(KEEL) partners asyncapi --check --out docs/asyncapi.yaml
+	@bash scripts/k8s-validate.sh
 
 bench: install
 	@bash scripts/with-stack.sh $(KEEL) bench --json reports/bench.json
+
+# deploy/k8s/ against the committed schemas with kubeconform (built once into ~/.cache/keel/bin).
+k8s-validate:
+	@bash scripts/k8s-validate.sh
+
+# Rebuild deploy/k8s/schemas/ (Kubernetes and CloudNativePG through the Go module proxy; Strimzi's CRDs
+# generated from io.strimzi:api with io.strimzi:crd-generator from Maven Central, which needs Java 21+).
+k8s-schemas: install
+	$(BIN)/python scripts/k8s_schemas.py $(K8S_SCHEMAS_ARGS)
+
+# The partner contract, regenerated from schemas/.
+asyncapi: install
+	$(KEEL) partners asyncapi --out docs/asyncapi.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache reports

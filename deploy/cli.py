@@ -4,12 +4,41 @@ from __future__ import annotations
 
 import typer
 
+from consumers.cli import conflicts_app, projections_app, run_projector
 from deploy.local.cli import app as stack_app
+from deploy.partners.cli import app as partners_app
 from keel.logging import configure_logging
 from keel.settings import get_settings
+from schemas.cli import app as schemas_app
 
 app = typer.Typer(help="Keel: an event-sourced sync backbone for offline-first apps.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(partners_app, name="partners")
+app.add_typer(projections_app, name="projections")
+app.add_typer(conflicts_app, name="conflicts")
+
+run_app = typer.Typer(help="Run one of Keel's services in the foreground.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+
+
+@run_app.command("gateway")
+def run_gateway_command(
+    host: str | None = typer.Option(None, help="Interface to listen on (default: KEEL_GATEWAY_HOST)"),
+    port: int | None = typer.Option(None, help="Port to listen on (default: KEEL_GATEWAY_PORT)"),
+) -> None:
+    """The device gateway: enroll, handshake, push, pull, live stream (docs/gateway-api.md)."""
+    from producers.gateway.service import run_gateway
+
+    settings = get_settings()
+    overrides = {key: value for key, value in (("gateway_host", host), ("gateway_port", port)) if value is not None}
+    run_gateway(settings.model_copy(update=overrides))
+
+
+@run_app.command("projector")
+def run_projector_command() -> None:
+    """The projector: change topics → PostgreSQL, exactly once; health on KEEL_PROJECTOR_HEALTH_PORT."""
+    run_projector()
 
 
 @app.callback()

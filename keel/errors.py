@@ -17,7 +17,9 @@
         ├── UpgradeRequiredError      a client speaks only versions below the server's minimum
         ├── SequenceError             a device's seq has a gap or an inversion
         ├── IntegrityError            a signature, hash chain or manifest does not verify
+        ├── PayloadTooLargeError      a request body exceeds the receiver's limit; split it or drop it
         └── AuthError                 missing, expired or foreign credentials
+            └── ForbiddenError        valid credentials, but for another device or tenant
 
 Consumers route `PermanentError` to the dead-letter topic and pause on `TransientError`;
 nothing transient ever reaches the DLQ.
@@ -32,9 +34,11 @@ __all__ = [
     "ContractError",
     "DecodeError",
     "FencedError",
+    "ForbiddenError",
     "IncompatibleSchemaError",
     "IntegrityError",
     "KeelError",
+    "PayloadTooLargeError",
     "PermanentError",
     "SequenceError",
     "ServiceUnavailableError",
@@ -145,3 +149,15 @@ class IntegrityError(PermanentError):
 
 class AuthError(PermanentError):
     """Credentials are missing, expired, malformed or belong to someone else."""
+
+
+class ForbiddenError(AuthError):
+    """The credentials are valid but do not allow this: another device's outbox, another tenant's data."""
+
+
+class PayloadTooLargeError(PermanentError):
+    """A request body exceeds the receiver's limit (`limit_bytes`); send less per request."""
+
+    def __init__(self, message: str, limit_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.limit_bytes = limit_bytes

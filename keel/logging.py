@@ -33,6 +33,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     logging.getLogger("aiokafka").setLevel(quiet)
     # httpx logs every request at INFO; the services log their own requests with context.
     logging.getLogger("httpx").setLevel(quiet)
+    logging.getLogger("httpx2").setLevel(quiet)  # confluent-kafka's registry client uses httpx's successor
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

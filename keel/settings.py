@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -72,6 +74,10 @@ class Settings(BaseSettings):
     java_home_registry: Path | None = Field(
         None, description="JDK for Apicurio 3.2+ (needs Java 21+); found under /usr/lib/jvm when unset"
     )
+    stack_partner_entities: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("task",),
+        description="Secure stack: entity types whose change topics the partner principal may read; env: comma list",
+    )
 
     # --- gateway and services
     gateway_host: str = "127.0.0.1"
@@ -80,6 +86,63 @@ class Settings(BaseSettings):
     dashboard_port: int = 8702
     log_level: str = "INFO"
     log_json: bool = True
+    otel_exporter: str = Field("none", description="Span exporter: none, console, otlp or memory")
+    otel_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint when otel_exporter=otlp")
+
+    # --- gateway (producers/gateway; docs/gateway-api.md)
+    gateway_enrollment_secret: str | None = Field(
+        None, description="Secret devices present to POST /v1/enroll; unset disables enrollment"
+    )
+    gateway_signing_key_file: Path | None = Field(
+        None, description="Ed25519 PEM private key signing device tokens (shared by instances); generated when unset"
+    )
+    gateway_token_ttl_s: int = Field(900, description="Lifetime of device bearer tokens")
+    gateway_max_body_bytes: int = Field(1_048_576, description="Largest request body (413 beyond)")
+    gateway_max_batch_ops: int = Field(500, description="Most ops in one push (413 beyond)")
+    gateway_max_op_bytes: int = Field(65_536, description="Largest single op (rejected on its own beyond)")
+    gateway_device_rate_per_s: float = Field(500.0, description="Ops per second per device (429 beyond); 0 = off")
+    gateway_device_burst: int = Field(2_000, description="Burst of ops a device may push at once")
+    gateway_producer_buffer_bytes: int = Field(
+        32 * 1024 * 1024, description="Bytes awaiting the broker's ack across pushes (429 beyond)"
+    )
+    gateway_produce_timeout_s: float = Field(20.0, description="Wait for the broker's ack before answering 503")
+    gateway_pull_max_wait_s: float = Field(30.0, description="Longest long-poll of GET /v1/pull")
+    gateway_outbox_poll_s: float = Field(0.25, description="How often the outbox position of watched tenants is read")
+    gateway_stream_heartbeat_s: float = Field(15.0, description="Keep-alive comment interval of GET /v1/stream")
+    gateway_pg_pool_size: int = Field(10, description="PostgreSQL connections of one gateway")
+    gateway_register_schemas: bool = Field(default=True, description="Register missing subject versions at start")
+    gateway_failpoints: str = Field(
+        "", description="Test only: e.g. after-produce=kill (producers/gateway/failpoints.py)"
+    )
+
+    # --- projector (consumers/, projections/; docs/projections.md)
+    projector_batch_max_records: int = Field(500, description="Most records one batch (one transaction) holds")
+    projector_stall_s: float = Field(60.0, description="Watchdog: restart a consumer with backlog but no progress")
+    projector_pg_pool_size: int = Field(4, description="PostgreSQL connections of one projector")
+    consumer_instance_id: str | None = Field(
+        None, description="Static group membership (KIP-345): a restarted member takes its partitions back at once"
+    )
+    consumer_session_timeout_ms: int = Field(10_000, description="Group session timeout of the projector")
+    change_topic_partitions: int = Field(3, description="Partitions of change topics created by Keel")
+    change_topic_replication: int = Field(1, description="Replication factor of topics created by Keel")
+    registry_auto_register: bool = Field(
+        default=False, description="Let Keel's own producers (overrides) register a missing schema version"
+    )
+    tombstone_retention_s: float = Field(7 * 86_400, description="Deleted entities keep full history this long")
+    outbox_retention_s: float = Field(30 * 86_400, description="Feed rows older than this are pruned regardless")
+
+    # --- schema migrations
+    disabled_migrations: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Migration steps not to apply (rollback path); env: comma-separated step names"
+    )
+
+    @field_validator("disabled_migrations", "stack_partner_entities", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        """Accept `KEEL_DISABLED_MIGRATIONS=upcast_task_v2_v3,normalize_task` as well as a TOML list."""
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
     @classmethod
     def settings_customise_sources(

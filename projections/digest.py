@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["canonical_row", "digest_rows", "empty_digest"]
+__all__ = ["canonical_row", "digest_rows", "digests_by_tenant", "empty_digest"]
 
 
 def _default(value: Any) -> Any:
@@ -47,3 +47,11 @@ def digest_rows(rows: Iterable[tuple[str, Mapping[str, Any]]]) -> str:
 def empty_digest() -> str:
     """Digest of a table with no live entity."""
     return digest_rows(())
+
+
+def digests_by_tenant(rows: Iterable[tuple[str, str, Mapping[str, Any]]]) -> dict[str, tuple[int, str]]:
+    """Tenant → (live entities, digest) from (tenant_id, entity_id, visible values) rows."""
+    grouped: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for tenant_id, entity_id, values in rows:
+        grouped.setdefault(tenant_id, []).append((entity_id, values))
+    return {tenant: (len(items), digest_rows(items)) for tenant, items in sorted(grouped.items())}

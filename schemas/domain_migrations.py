@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
+import tomllib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from keel.errors import ConfigurationError
+from keel.settings import get_settings
 from schemas.catalog import Catalog, default_catalog
 from schemas.migrations import MigrationRegistry, StepResult
 
 __all__ = [
     "build_registry",
+    "configured_disabled_migrations",
     "default_registry",
     "format_due",
     "normalize_task",
@@ -100,15 +105,36 @@ def normalize_task(payload: dict[str, Any], changed: tuple[str, ...]) -> StepRes
     return StepResult(payload, changed)
 
 
-def build_registry(catalog: Catalog | None = None, disabled: tuple[str, ...] = ()) -> MigrationRegistry:
-    """A migration registry with the example domain's steps."""
-    registry = MigrationRegistry(catalog or default_catalog(), disabled)
+def configured_disabled_migrations(catalog: Catalog | None = None) -> tuple[str, ...]:
+    """Step names disabled by `KEEL_DISABLED_MIGRATIONS` (settings) and `[migrations] disabled` (subjects.toml)."""
+    path = (catalog or default_catalog()).root / "subjects.toml"
+    try:
+        config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"{path}: invalid TOML: {error}") from error
+    from_file = config.get("migrations", {}).get("disabled", [])
+    if not isinstance(from_file, list) or not all(isinstance(name, str) for name in from_file):
+        raise ConfigurationError(f"{path}: [migrations] disabled must be a list of step names")
+    return tuple(dict.fromkeys([*get_settings().disabled_migrations, *from_file]))
+
+
+def build_registry(catalog: Catalog | None = None, disabled: Iterable[str] | None = None) -> MigrationRegistry:
+    """A migration registry with the example domain's steps, minus the disabled ones.
+
+    `disabled=None` reads the configuration (settings and subjects.toml); an unknown step name is a
+    ConfigurationError, so a typo in a rollback cannot pass unnoticed.
+    """
+    catalog = catalog or default_catalog()
+    registry = MigrationRegistry(catalog)
     registry.register_upcaster("task", 2, upcast_task_v2_v3)
     registry.register_normalizer("task", normalize_task)
+    for name in configured_disabled_migrations(catalog) if disabled is None else disabled:
+        registry.disable(name)
+    registry.log_configuration()
     return registry
 
 
 @lru_cache(maxsize=1)
 def default_registry() -> MigrationRegistry:
-    """The shared registry (no step disabled)."""
+    """The shared registry, honouring the configured disabled steps."""
     return build_registry()

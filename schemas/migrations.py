@@ -16,9 +16,10 @@ from typing import Any
 from keel.errors import ConfigurationError
 from keel.logging import get_logger
 from schemas.catalog import Catalog, default_catalog
+from schemas.envelope import ChangeEvent
 from schemas.resolution import resolve_payload
 
-__all__ = ["MigratedPayload", "MigrationRegistry", "Step", "StepResult"]
+__all__ = ["NOTHING_VISIBLE", "MigratedPayload", "MigrationRegistry", "Step", "StepResult", "downcast_event"]
 
 _log = get_logger("migrations")
 
@@ -55,7 +56,22 @@ class MigrationRegistry:
         self._downcasters: dict[tuple[str, int], tuple[str, Step]] = {}
         self._normalizers: dict[str, tuple[str, Step]] = {}
         self.disabled: set[str] = set(disabled)
-        self.performed: dict[str, int] = {}
+        self.performed: dict[str, int] = {}  # step name → times applied
+        self.skipped: dict[str, int] = {}  # disabled step name → times it would have run
+        self.transitions: dict[str, int] = {}  # "task v1→v3" → payloads moved
+
+    def versions_in_use(self) -> dict[str, int]:
+        """The current (server model) version of every entity."""
+        return {entity: self.catalog.current_version(entity) for entity in self.catalog.entities()}
+
+    def log_configuration(self) -> None:
+        """Log the schema versions in use, the registered steps and the disabled ones (once, at start)."""
+        _log.info(
+            "migrations configured",
+            versions=self.versions_in_use(),
+            steps=self.step_names(),
+            disabled=sorted(self.disabled),
+        )
 
     def register_upcaster(self, entity: str, from_version: int, step: Step) -> None:
         """Register the code step from `from_version` to `from_version + 1`."""
@@ -90,6 +106,8 @@ class MigrationRegistry:
         self, name: str, step: Step, payload: dict[str, Any], changed: tuple[str, ...], result: MigratedPayload
     ) -> tuple[dict[str, Any], tuple[str, ...]]:
         if name in self.disabled:
+            self.skipped[name] = self.skipped.get(name, 0) + 1
+            _log.debug("migration step disabled, skipped", step=name)
             return payload, changed
         outcome = step(payload, changed)
         result.applied.append(name)
@@ -138,6 +156,43 @@ class MigrationRegistry:
                 result.payload, result.changed_fields = self._apply(
                     normalizer[0], normalizer[1], result.payload, result.changed_fields, result
                 )
-        if result.applied:
-            _log.debug("migrated", entity=entity, from_version=from_version, to_version=target, steps=result.applied)
+        if from_version != target:
+            key = f"{entity} v{from_version}→v{target}"
+            self.transitions[key] = self.transitions.get(key, 0) + 1
+        if result.applied or from_version != target:
+            _log.debug(
+                "migrated",
+                entity=entity,
+                from_version=from_version,
+                to_version=target,
+                steps=result.applied,
+                cautions=len(result.cautions),
+            )
         return result
+
+
+NOTHING_VISIBLE = "*"  # the caution field of a change a version cannot see at all
+
+
+def downcast_event(event: ChangeEvent, to_version: int, registry: MigrationRegistry) -> tuple[ChangeEvent, list[str]]:
+    """The event as a client speaking `to_version` reads it, and the cautions naming what it cannot show.
+
+    Usually a down-cast (outbox entries are in the current version, clients may be older); an up-cast when the
+    event is older than the client. A DELETE only changes its version. When none of the fields the change
+    writes exists in `to_version`, the payload still travels but `changed_fields` would be empty — which the
+    contract reads as "every field" — so the caution `"*: ..."` (`NOTHING_VISIBLE`) says the client must not
+    apply it as a write.
+    """
+    if event.schema_version == to_version:
+        return event, []
+    if event.payload is None:
+        registry.migrate(event.entity_type, None, (), event.schema_version, to_version)  # validates both versions
+        return event.with_payload(None, (), to_version), []
+    moved = registry.migrate(event.entity_type, event.payload, event.changed_fields, event.schema_version, to_version)
+    cautions = list(dict.fromkeys(moved.cautions))
+    if not moved.changed_fields:
+        cautions.append(
+            f"{NOTHING_VISIBLE}: nothing this change writes exists in {event.entity_type} v{to_version}; "
+            f"do not apply it as a write"
+        )
+    return event.with_payload(moved.payload, moved.changed_fields, to_version), cautions

@@ -38,12 +38,15 @@ def offered_versions(policy: EntityPolicy, tenant_id: str, device_id: str) -> li
     return list(range(policy.minimum_version, ceiling + 1))
 
 
-def with_rollout(policy: EntityPolicy, *, tenants: Sequence[str] | None = None,
-                 percent: float | None = None) -> EntityPolicy:
+def with_rollout(
+    policy: EntityPolicy, *, tenants: Sequence[str] | None = None, percent: float | None = None
+) -> EntityPolicy:
     """The policy with its rollout cohort changed (the feature flag, e.g. from an admin call)."""
-    return replace(policy,
-                   rollout_tenants=tuple(tenants) if tenants is not None else policy.rollout_tenants,
-                   rollout_percent=percent if percent is not None else policy.rollout_percent)
+    return replace(
+        policy,
+        rollout_tenants=tuple(tenants) if tenants is not None else policy.rollout_tenants,
+        rollout_percent=percent if percent is not None else policy.rollout_percent,
+    )
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,13 @@ class NegotiatedVersions:
         return self.versions.get(entity)
 
 
-def negotiate(client_versions: Mapping[str, Sequence[int]], tenant_id: str, device_id: str,
-              catalog: Catalog | None = None,
-              policies: Mapping[str, EntityPolicy] | None = None) -> NegotiatedVersions:
+def negotiate(
+    client_versions: Mapping[str, Sequence[int]],
+    tenant_id: str,
+    device_id: str,
+    catalog: Catalog | None = None,
+    policies: Mapping[str, EntityPolicy] | None = None,
+) -> NegotiatedVersions:
     """Choose the version of every entity both sides speak; UpgradeRequiredError if a client is too old."""
     catalog = catalog or default_catalog()
     chosen: dict[str, int] = {}

@@ -23,6 +23,14 @@ __all__ = ["ConfluentSchemaRegistry"]
 
 T = TypeVar("T")
 
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, OSError, TimeoutError)
+try:  # confluent-kafka's client talks through httpx2 when it is installed (its _httpx_compat), else httpx
+    import httpx2
+
+    _TRANSPORT_ERRORS += (httpx2.TransportError,)
+except ImportError:  # pragma: no cover - depends on the installed client
+    pass
+
 # Confluent error codes (io.confluent.kafka.schemaregistry.rest.exceptions.Errors)
 _SUBJECT_NOT_FOUND = 40401
 _VERSION_NOT_FOUND = 40402
@@ -46,7 +54,7 @@ class ConfluentSchemaRegistry:
             if error.http_status_code >= 500 or error.http_status_code in (-1, 408, 429):
                 raise ServiceUnavailableError("schema registry", f"{what}: {error}") from error
             raise
-        except (httpx.TransportError, OSError, TimeoutError) as error:
+        except _TRANSPORT_ERRORS as error:
             raise ServiceUnavailableError("schema registry", f"{what}: {error!r}") from error
 
     async def get_schema(self, schema_id: int) -> str:
@@ -139,8 +147,16 @@ class ConfluentSchemaRegistry:
         await self._call("set compatibility", lambda: self._client.set_compatibility(subject, level.upper()))
 
     async def test_compatibility(self, subject: str, schema: str) -> CompatibilityReport:
-        """Ask the registry (verbose, so it explains itself when it can)."""
-        path = f"/compatibility/subjects/{quote(subject, safe='')}/versions/latest"
+        """Ask the registry (verbose, so it explains itself when it can), against the versions its level names.
+
+        Confluent compares `/versions` with the versions the subject's level names, but Apicurio's ccompat API
+        compares `/versions` with every version and `/versions/latest` with the latest whatever the level; so
+        ask about the latest version for non-transitive levels and about all of them for transitive ones, which
+        both registries answer as registering would.
+        """
+        level = await self.get_compatibility(subject) or await self.get_compatibility(None) or "BACKWARD"
+        against = "versions" if level.upper().endswith("_TRANSITIVE") else "versions/latest"
+        path = f"/compatibility/subjects/{quote(subject, safe='')}/{against}"
 
         async def post() -> httpx.Response:
             return await self._http.post(

@@ -63,8 +63,13 @@ RANGE_RULES: dict[tuple[str, str], tuple[Check, ...]] = {
 }
 
 
-def validate_payload(entity: str, version: int, payload: dict[str, Any], changed_fields: tuple[str, ...] = (),
-                     catalog: Catalog | None = None) -> None:
+def validate_payload(
+    entity: str,
+    version: int,
+    payload: dict[str, Any],
+    changed_fields: tuple[str, ...] = (),
+    catalog: Catalog | None = None,
+) -> None:
     """Raise ValidationError unless `payload` is a valid `entity` payload of `version`."""
     schema = (catalog or default_catalog()).schema(entity, version)
     unknown = [name for name in changed_fields if name not in schema.field_names]
@@ -82,7 +87,9 @@ def validate_payload(entity: str, version: int, payload: dict[str, Any], changed
         if not validate(value, spec.avro_type, raise_errors=False):
             raise ValidationError(
                 f"{entity} v{version}: field {spec.name!r} has {type(value).__name__} {value!r:.60}, "
-                f"which is not a valid {_type_name(spec.avro_type)}", field=spec.name)
+                f"which is not a valid {_type_name(spec.avro_type)}",
+                field=spec.name,
+            )
         for check in RANGE_RULES.get((entity, spec.name), ()):
             problem = check(value)
             if problem is not None:
@@ -100,8 +107,7 @@ def _type_name(avro_type: Any) -> str:
 def validate_event(event: ChangeEvent, catalog: Catalog | None = None) -> None:
     """Envelope rules, then the payload in the writer's version."""
     catalog = catalog or default_catalog()
-    for name, value in (("tenant_id", event.tenant_id), ("device_id", event.device_id),
-                        ("entity_id", event.entity_id)):
+    for name, value in (("tenant_id", event.tenant_id), ("device_id", event.device_id), ("entity_id", event.entity_id)):
         if not value or len(value) > MAX_ID_LENGTH:
             raise ValidationError(f"{name} must be 1..{MAX_ID_LENGTH} characters", field=name)
     if event.device_seq < 1:
@@ -109,8 +115,9 @@ def validate_event(event: ChangeEvent, catalog: Catalog | None = None) -> None:
     if event.entity_type not in catalog.schemas:
         raise ValidationError(f"unknown entity type {event.entity_type!r}", field="entity_type")
     if event.schema_version not in catalog.versions(event.entity_type):
-        raise ValidationError(f"{event.entity_type} has no schema version {event.schema_version}",
-                              field="schema_version")
+        raise ValidationError(
+            f"{event.entity_type} has no schema version {event.schema_version}", field="schema_version"
+        )
     if event.op is Op.DELETE:
         if event.payload is not None:
             raise ValidationError("a DELETE carries no payload", field="payload")

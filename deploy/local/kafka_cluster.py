@@ -1,4 +1,8 @@
-"""Apache Kafka in KRaft mode from Maven Central jars: one combined node, or three for fault tests."""
+"""Apache Kafka in KRaft mode from Maven Central jars: one combined node, or three for fault tests.
+
+Plaintext unless a `ClusterSecurity` is given: `deploy/local/secure_kafka.py` supplies TLS listeners,
+SASL/SCRAM and the authorizer (`keel stack up --secure`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from deploy.local.processes import ManagedProcess, run_checked
 
-__all__ = ["KafkaCluster", "KafkaNode"]
+__all__ = ["ClusterSecurity", "KafkaCluster", "KafkaNode"]
 
 _LOG4J2 = """status = warn
 appender.console.type = Console
@@ -50,13 +55,32 @@ class KafkaNode:
 
     @property
     def endpoint(self) -> str:
-        """host:port of the plaintext client listener."""
+        """host:port of the client listener (PLAINTEXT, or SASL_SSL on a secure cluster)."""
         return f"127.0.0.1:{self.client_port}"
 
     @property
     def proxied_endpoint(self) -> str:
         """host:port that clients should use to go through Toxiproxy."""
         return f"127.0.0.1:{self.proxy_port}"
+
+
+class ClusterSecurity(Protocol):
+    """What a secure cluster adds to the plaintext one (implemented by `secure_kafka.SecureKafka`)."""
+
+    def prepare(self) -> None:
+        """Create certificates and passwords that are missing."""
+
+    def server_properties(self, node: KafkaNode) -> dict[str, str]:
+        """Properties overriding or extending the plaintext ones of `node`."""
+
+    def format_arguments(self) -> list[str]:
+        """Extra `StorageTool format` arguments (bootstrap credentials)."""
+
+    def secrets(self) -> list[str]:
+        """Strings to mask in logged command lines."""
+
+    def client_config(self, principal: str | None = None) -> dict[str, str]:
+        """Security settings (librdkafka names) of an admin client, without bootstrap servers."""
 
 
 class KafkaCluster:
@@ -71,6 +95,7 @@ class KafkaCluster:
         base_port: int = 9092,
         java: str = "java",
         heap_mb: int = 512,
+        security: ClusterSecurity | None = None,
     ) -> None:
         if brokers not in (1, 3):
             raise ValueError("the local stack runs 1 or 3 brokers")
@@ -79,6 +104,7 @@ class KafkaCluster:
         self.brokers = brokers
         self.java = java
         self.heap_mb = heap_mb
+        self.security = security
         if brokers == 1:
             self.nodes = [KafkaNode(1, base_port, base_port + 1, base_port + 2, base_port + 3, folder / "node-1")]
         else:
@@ -138,6 +164,8 @@ class KafkaCluster:
             "auto.create.topics.enable": "false",
             "log.segment.bytes": str(64 * 1024 * 1024),
         }
+        if self.security is not None:
+            lines.update(self.security.server_properties(node))
         return "".join(f"{key}={value}\n" for key, value in lines.items())
 
     def _cluster_id(self) -> str:
@@ -168,18 +196,33 @@ class KafkaCluster:
         """Write configs and format each node's storage once."""
         cluster_id = self._cluster_id()
         (self.folder / "log4j2.properties").write_text(_LOG4J2)
+        if self.security is not None:
+            self.security.prepare()
         for node in self.nodes:
             node.folder.mkdir(parents=True, exist_ok=True)
             props = node.folder / "server.properties"
+            if self.security is not None:
+                # The file holds the admin password of the inter-broker listener: owner only.
+                props.touch(mode=0o600)
+                props.chmod(0o600)
             props.write_text(self._properties(node))
             if not (node.folder / "data" / "meta.properties").exists():
                 # A static quorum (controller.quorum.voters) is formatted without --standalone.
+                extra = self.security.format_arguments() if self.security is not None else []
                 run_checked(
                     self._jvm(
-                        "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props.resolve()), heap_mb=256
+                        "kafka.tools.StorageTool",
+                        "format",
+                        "-t",
+                        cluster_id,
+                        "-c",
+                        str(props.resolve()),
+                        *extra,
+                        heap_mb=256,
                     ),
                     what=f"formatting Kafka node {node.node_id}",
                     log_file=node.process.log_file,
+                    redact=self.security.secrets() if self.security is not None else (),
                 )
 
     def start_node(self, node: KafkaNode) -> None:
@@ -210,8 +253,9 @@ class KafkaCluster:
             return False
         from confluent_kafka.admin import AdminClient
 
+        security = self.security.client_config() if self.security is not None else {}
         for node in self.nodes:
-            admin = AdminClient({"bootstrap.servers": node.endpoint, "socket.timeout.ms": 3000})
+            admin = AdminClient({"bootstrap.servers": node.endpoint, "socket.timeout.ms": 3000, **security})
             try:
                 metadata = admin.list_topics(timeout=timeout_s)
             except Exception:  # noqa: BLE001 - any client failure means "not ready yet"

@@ -1,4 +1,9 @@
-"""A private PostgreSQL cluster (Debian's binaries, `initdb` under the runtime folder) with a `keel` role."""
+"""A private PostgreSQL cluster (Debian's binaries, `initdb` under the runtime folder) with a `keel` role.
+
+Connections over TCP are trusted (no password) unless `require_passwords` is set (the secure stack):
+then every TCP login needs its role's password (scram-sha-256), and only the Unix socket, in a folder
+readable by the server's user alone, stays trusted for the stack's own bootstrap.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,17 @@ __all__ = ["PostgresServer", "find_pg_bin"]
 ROLE = "keel"
 PASSWORD = "keel"  # noqa: S105 - local development stack on loopback only
 DATABASES = ("keel", "apicurio")
+_HBA_MARKER = "# keel local stack: passwords required (keel stack up --secure)"
+_HBA_PASSWORDS = f"""{_HBA_MARKER}
+local   all   all                  trust
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
+_HBA_TRUST = """# keel local stack: loopback trusted (initdb --auth=trust)
+local   all   all                  trust
+host    all   all   127.0.0.1/32   trust
+host    all   all   ::1/128        trust
+"""
 
 
 def find_pg_bin() -> Path:
@@ -53,8 +69,9 @@ def _reachable_by(user: str, folder: Path) -> bool:
 class PostgresServer:
     """A PostgreSQL cluster owned by the stack; run as `postgres` when we are root."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, *, require_passwords: bool = False) -> None:
         self.port = port
+        self.require_passwords = require_passwords
         self.bin = find_pg_bin()
         self.run_as = "postgres" if os.geteuid() == 0 else None
         self.folder = self._choose_folder(folder)
@@ -125,9 +142,35 @@ class PostgresServer:
                 "log_min_messages = warning\n"
             )
 
+    def _configure_authentication(self) -> bool:
+        """Write pg_hba.conf for the wanted mode; True if it changed (a running server must reload)."""
+        hba = self.data / "pg_hba.conf"
+        current = hba.read_text() if hba.exists() else ""
+        if self.require_passwords:
+            wanted = _HBA_PASSWORDS
+            # The socket is trusted: only the server's user (and root) may reach the folder holding it.
+            self.folder.chmod(0o700)
+        elif _HBA_MARKER in current:
+            wanted = _HBA_TRUST
+        else:
+            return False
+        if current == wanted:
+            return False
+        hba.write_text(wanted)
+        self._own(hba)
+        return True
+
     def start(self) -> None:
         """Start the server if it is not running, then create role and databases."""
         self.prepare()
+        changed = self._configure_authentication()
+        if self.process.is_alive() and changed:
+            run_checked(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data), "reload"],
+                what="reloading PostgreSQL authentication",
+                log_file=self.log_file,
+                user=self.run_as,
+            )
         if not self.process.is_alive():
             pid_file = self.data / "postmaster.pid"
             run_checked(
@@ -140,11 +183,13 @@ class PostgresServer:
         self._bootstrap_roles()
 
     def _psql(self, sql: str, database: str = "postgres") -> str:
+        # With passwords required the superuser comes in through the (trusted, private) Unix socket.
+        host = str(self.folder) if self.require_passwords else "127.0.0.1"
         result = subprocess.run(
             [
                 str(self.bin / "psql"),
                 "-h",
-                "127.0.0.1",
+                host,
                 "-p",
                 str(self.port),
                 "-U",

@@ -123,8 +123,12 @@ def run_checked(
     user: str | None = None,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 900,
+    redact: Sequence[str] = (),
 ) -> None:
-    """Run a set-up command to completion, appending its output to `log_file`; raise with context on failure."""
+    """Run a set-up command to completion, appending its output to `log_file`; raise with context on failure.
+
+    Strings in `redact` (secrets passed as arguments) are masked in the command line written to the log.
+    """
     from keel.errors import ConfigurationError
 
     command = list(argv)
@@ -135,7 +139,10 @@ def run_checked(
     full_env.update(env or {})
     started = time.monotonic()
     with log_file.open("ab") as log:
-        log.write(f"\n$ {' '.join(command)}\n".encode())
+        shown = " ".join(command)
+        for secret in redact:
+            shown = shown.replace(secret, "***")
+        log.write(f"\n$ {shown}\n".encode())
         log.flush()
         result = subprocess.run(
             command, stdout=log, stderr=subprocess.STDOUT, env=full_env, timeout=timeout_s, check=False

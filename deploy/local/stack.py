@@ -1,8 +1,12 @@
 """`keel stack`: bring the local stack up, down, and report its health.
 
 Layout of the runtime folder (settings.home, git-ignored):
-    stack.json        what `up` was asked for (brokers, toxiproxy)
+    stack.json        what `up` was asked for (brokers, toxiproxy, secure)
     kafka/            single-node cluster (or kafka3/ for three nodes): configs, data, logs, pid files
+    kafka-secure/     the same for `up --secure` (kafka3-secure/): TLS + SASL/SCRAM + ACLs, never mixed
+                      with the plaintext cluster's data
+    tls/              secure mode: local CA and broker certificate (deploy/local/certificates.py)
+    secrets/          secure mode: credentials.json, every principal's and role's password (0600)
     postgres/         cluster data (or /var/tmp/keel-postgres-<hash> when `postgres` cannot reach it)
     registry/         Apicurio log and pid file
     toxiproxy/        Toxiproxy log and pid file
@@ -18,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.local.certificates import CertificateInfo, issue_broker_certificate
+from deploy.local.credentials import new_password
+from deploy.local.database_roles import RoleNames, RolesReport, provision_roles, role_dsn, set_role_password
 from deploy.local.downloads import (
     apicurio_launch_jar,
     ensure_apicurio,
@@ -28,6 +35,7 @@ from deploy.local.downloads import (
 from deploy.local.kafka_cluster import KafkaCluster
 from deploy.local.postgres_server import PostgresServer
 from deploy.local.registry_server import RegistryServer
+from deploy.local.secure_kafka import ProvisionReport, SecureKafka
 from deploy.local.toxiproxy_server import ToxiproxyServer
 from keel.errors import ConfigurationError, KeelError
 from keel.settings import Settings
@@ -36,6 +44,7 @@ __all__ = ["ServiceStatus", "Stack", "StackStartError"]
 
 # Apicurio 3.2+ needs Java 21+; 3.0.9 is the fallback that runs on Java 17.
 _APICURIO_FALLBACK = "3.0.9"
+POSTGRES_SECTION = "postgres"  # section of the credentials file holding the service roles' passwords
 
 
 class StackStartError(KeelError):
@@ -98,17 +107,29 @@ class Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.state_file.write_text(json.dumps(state, indent=2))
 
-    # ------------------------------------------------------------------ components
-    def kafka(self, brokers: int | None = None) -> KafkaCluster:
-        """The Kafka cluster of this stack (brokers from the recorded state unless given)."""
-        count = brokers or int(self._read_state().get("brokers", 1))
-        folder = self.home / ("kafka" if count == 1 else "kafka3")
-        libs = self.settings.cache_dir / f"kafka-{self.settings.kafka_version}" / "libs"
-        return KafkaCluster(folder, libs, brokers=count, base_port=self.settings.kafka_port)
+    def is_secure(self) -> bool:
+        """Whether the recorded stack is the secure one (`up --secure`)."""
+        return bool(self._read_state().get("secure", False))
 
-    def postgres(self) -> PostgresServer:
-        """The PostgreSQL server of this stack."""
-        return PostgresServer(self.home / "postgres", self.settings.postgres_port)
+    # ------------------------------------------------------------------ components
+    def kafka(self, brokers: int | None = None, *, secure: bool | None = None) -> KafkaCluster:
+        """The Kafka cluster of this stack (brokers and security from the recorded state unless given)."""
+        state = self._read_state()
+        count = brokers or int(state.get("brokers", 1))
+        chosen = bool(state.get("secure", False)) if secure is None else secure
+        folder = self.home / (("kafka" if count == 1 else "kafka3") + ("-secure" if chosen else ""))
+        libs = self.settings.cache_dir / f"kafka-{self.settings.kafka_version}" / "libs"
+        security = self.security() if chosen else None
+        return KafkaCluster(folder, libs, brokers=count, base_port=self.settings.kafka_port, security=security)
+
+    def security(self) -> SecureKafka:
+        """Certificates, credentials and access plan of the secure mode (files are created by `up --secure`)."""
+        return SecureKafka(self.home)
+
+    def postgres(self, *, secure: bool | None = None) -> PostgresServer:
+        """The PostgreSQL server of this stack (passwords required in secure mode)."""
+        chosen = self.is_secure() if secure is None else secure
+        return PostgresServer(self.home / "postgres", self.settings.postgres_port, require_passwords=chosen)
 
     def _registry_runtime(self) -> tuple[str, Path]:
         wanted = self.settings.apicurio_version
@@ -164,21 +185,30 @@ class Stack:
             ensure_toxiproxy(cache, self.settings.toxiproxy_version, log)
 
     def up(
-        self, *, brokers: int = 1, with_toxiproxy: bool = False, progress: Progress = _quiet, timeout_s: float = 180.0
+        self,
+        *,
+        brokers: int = 1,
+        with_toxiproxy: bool = False,
+        secure: bool = False,
+        progress: Progress = _quiet,
+        timeout_s: float = 180.0,
     ) -> None:
-        """Start whatever is not running and wait until all of it is ready; a second call is a no-op."""
+        """Start whatever is not running and wait until all of it is ready; a second call is a no-op.
+
+        `secure`: TLS + SASL/SCRAM listeners, ACLs per principal, PostgreSQL passwords and service roles
+        (docs/security.md); the mode is recorded and cannot change while the stack runs.
+        """
         state = self._read_state()
-        running_brokers = int(state.get("brokers", brokers))
-        if state and running_brokers != brokers and self.kafka(running_brokers).pids() != [None] * running_brokers:
-            raise ConfigurationError(
-                f"the stack runs {running_brokers} broker(s); `keel stack down` before asking for {brokers}"
-            )
+        self._raise_if_running_otherwise(state, brokers=brokers, secure=secure)
         with_toxiproxy = with_toxiproxy or bool(state.get("toxiproxy"))
         self.home.mkdir(parents=True, exist_ok=True)
         self.download(with_toxiproxy=with_toxiproxy, progress=progress)
-        self._write_state({"brokers": brokers, "toxiproxy": with_toxiproxy})
+        record: dict[str, Any] = {"brokers": brokers, "toxiproxy": with_toxiproxy}
+        if secure:
+            record["secure"] = True
+        self._write_state(record)
 
-        postgres = self.postgres()
+        postgres = self.postgres(secure=secure)
         progress(f"PostgreSQL on 127.0.0.1:{postgres.port}")
         try:
             postgres.start()
@@ -187,9 +217,10 @@ class Stack:
         if not postgres.wait_healthy(timeout_s):
             raise StackStartError("postgres", postgres.log_file, f"not accepting connections after {timeout_s:.0f}s")
 
-        kafka = self.kafka(brokers)
+        kafka = self.kafka(brokers, secure=secure)
         registry = self.registry()
-        progress(f"Kafka ({brokers} node{'s' if brokers > 1 else ''}, KRaft) on {kafka.bootstrap}")
+        mode = ", SASL_SSL" if secure else ""
+        progress(f"Kafka ({brokers} node{'s' if brokers > 1 else ''}, KRaft{mode}) on {kafka.bootstrap}")
         kafka.start()
         progress(f"Apicurio Registry on {registry.url}")
         registry.start()
@@ -197,6 +228,9 @@ class Stack:
             raise StackStartError("kafka", kafka.log_files[0], f"not serving metadata after {timeout_s:.0f}s")
         if not registry.wait_healthy(timeout_s):
             raise StackStartError("registry", registry.process.log_file, f"API not answering after {timeout_s:.0f}s")
+        if secure:
+            progress("Kafka principals, topics and ACLs; PostgreSQL service roles")
+            self._provision_secure(kafka, postgres)
 
         if with_toxiproxy:
             toxiproxy = self.toxiproxy()
@@ -214,6 +248,35 @@ class Stack:
             toxiproxy.ensure_proxy(
                 "registry", f"127.0.0.1:{self.settings.registry_port + 2}", f"127.0.0.1:{self.settings.registry_port}"
             )
+
+    def _raise_if_running_otherwise(self, state: dict[str, Any], *, brokers: int, secure: bool) -> None:
+        """ConfigurationError when the running stack has another broker count or security mode."""
+        running_brokers = int(state.get("brokers", brokers))
+        if not state or self.kafka(running_brokers).pids() == [None] * running_brokers:
+            return
+        if running_brokers != brokers:
+            raise ConfigurationError(
+                f"the stack runs {running_brokers} broker(s); `keel stack down` before asking for {brokers}"
+            )
+        running_secure = bool(state.get("secure", False))
+        if running_secure != secure:
+            mode = "secure" if running_secure else "plaintext"
+            raise ConfigurationError(
+                f"the stack runs {mode}; `keel stack down` before asking for {'--secure' if secure else 'plaintext'}"
+            )
+
+    def _provision_secure(self, kafka: KafkaCluster, postgres: PostgresServer) -> None:
+        """Principals, topics and ACLs on Kafka; service roles in PostgreSQL (StackStartError on failure)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            self.provision_acls()
+        except (KeelError, KafkaException) as error:
+            raise StackStartError("kafka", kafka.log_files[0], f"provisioning principals and ACLs: {error}") from error
+        try:
+            self.provision_roles()
+        except (KeelError, OSError) as error:
+            raise StackStartError("postgres", postgres.log_file, f"provisioning service roles: {error}") from error
 
     def purge(self) -> list[Path]:
         """Delete the runtime data of a stopped stack (broker logs, database files); downloads stay."""
@@ -236,7 +299,8 @@ class Stack:
         except ConfigurationError:
             pass
         for count in (1, 3):
-            stopped.extend(self.kafka(count).stop())
+            for secure in (False, True):
+                stopped.extend(self.kafka(count, secure=secure).stop())
         if self.postgres().stop():
             stopped.append("postgres")
         return stopped
@@ -248,6 +312,11 @@ class Stack:
         postgres = self.postgres()
         statuses: dict[str, ServiceStatus] = {}
         pids = kafka.pids()
+        security: dict[str, Any] = (
+            self.security().describe()
+            if kafka.security is not None
+            else {"secure": False, "security_protocol": "PLAINTEXT"}
+        )
         statuses["kafka"] = ServiceStatus(
             "kafka",
             kafka.is_healthy(),
@@ -255,6 +324,7 @@ class Stack:
             pids[0],
             str(kafka.log_files[0]),
             {
+                **security,
                 "brokers": kafka.brokers,
                 "nodes": [
                     {
@@ -278,7 +348,12 @@ class Stack:
                 "registry", healthy=False, endpoint="", pid=None, log="", extra={"error": str(error)}
             )
         statuses["postgres"] = ServiceStatus(
-            "postgres", postgres.is_healthy(), postgres.dsn, postgres.process.pid(), str(postgres.log_file)
+            "postgres",
+            postgres.is_healthy(),
+            postgres.dsn,
+            postgres.process.pid(),
+            str(postgres.log_file),
+            {"password_auth": True, "roles": RoleNames().by_kind()} if postgres.require_passwords else None,
         )
         toxiproxy = self.toxiproxy()
         if state.get("toxiproxy") or toxiproxy.process.is_alive():
@@ -306,3 +381,76 @@ class Stack:
         if service not in paths:
             raise ConfigurationError(f"unknown service {service!r}; one of kafka, kafka-N, {', '.join(paths)}")
         return paths[service]()
+
+    # ------------------------------------------------------------------ secure mode
+    def _raise_unless_secure(self) -> None:
+        if not self.is_secure():
+            raise ConfigurationError("the stack does not run in secure mode; `keel stack up --secure` first")
+
+    def provision_acls(self, *, prefix: str | None = None, consumer_group: str | None = None) -> ProvisionReport:
+        """SCRAM users, topics and ACLs for a topic prefix (settings' prefix and group unless given)."""
+        self._raise_unless_secure()
+        return self.security().provision(
+            self.kafka().bootstrap, self.settings, prefix=prefix, consumer_group=consumer_group
+        )
+
+    def role_passwords(self, names: RoleNames | None = None) -> dict[str, str]:
+        """Role name → password of the PostgreSQL service roles (generated on first use)."""
+        roles = (names or RoleNames()).by_kind().values()
+        return self.security().credentials.ensure(POSTGRES_SECTION, roles)
+
+    def provision_roles(self, schema: str | None = None, names: RoleNames | None = None) -> RolesReport:
+        """Migrate `schema` (settings' schema unless given) and grant the service roles their privileges."""
+        import asyncio
+
+        self._raise_unless_secure()
+        chosen = names or RoleNames()
+        owner = self.postgres().dsn
+        return asyncio.run(
+            provision_roles(owner, schema or self.settings.pg_schema, self.role_passwords(chosen), names=chosen)
+        )
+
+    def role_dsns(self, names: RoleNames | None = None) -> dict[str, str]:
+        """Kind → DSN of each PostgreSQL service role."""
+        chosen = names or RoleNames()
+        passwords = self.role_passwords(chosen)
+        owner = self.postgres().dsn
+        return {kind: role_dsn(owner, role, passwords[role]) for kind, role in chosen.by_kind().items()}
+
+    def rotate_password(self, principal: str, *, timeout_s: float = 120.0) -> None:
+        """New password for a Kafka principal or PostgreSQL service role.
+
+        Kafka admin: also rewrite the node configs and restart each node (its inter-broker login).
+        """
+        self._raise_unless_secure()
+        if principal in RoleNames().by_kind().values():
+            import asyncio
+
+            password = new_password()
+            asyncio.run(set_role_password(self.postgres().dsn, principal, password))
+            self.security().credentials.replace(POSTGRES_SECTION, principal, password)
+            return
+        security = self.security()
+        kafka = self.kafka()
+        security.rotate_password(kafka.bootstrap, principal)
+        if principal != security.principals.admin:
+            return
+        # The inter-broker listener logs in with the admin password from server.properties: rewrite it and
+        # restart node by node, waiting for the cluster to be whole again before the next one.
+        kafka.prepare()
+        for node in kafka.nodes:
+            node.process.stop(timeout_s=30)
+            kafka.start_node(node)
+            if not kafka.wait_healthy(timeout_s):
+                raise StackStartError(f"kafka-{node.node_id}", node.process.log_file, "not healthy after restart")
+
+    def rotate_certificate(self) -> CertificateInfo:
+        """A new broker key and certificate from the stack's CA, in force on every listener without restart."""
+        self._raise_unless_secure()
+        security = self.security()
+        kafka = self.kafka()
+        info = issue_broker_certificate(security.tls)
+        security.reload_keystores(kafka.bootstrap, [node.node_id for node in kafka.nodes])
+        ports = [port for n in kafka.nodes for port in (n.client_port, n.proxied_port, n.controller_port)]
+        security.wait_for_certificate(ports, info.sha256)
+        return info

@@ -75,3 +75,22 @@ async def test_subject_level_refuses_breaking_change(registry: SchemaRegistry) -
     assert good.is_compatible
     assert await registry.register(subject, json.dumps(V2_OK)) > 0
     assert await registry.versions(subject) == [1, 2]
+
+
+async def test_test_compatibility_honours_transitive_levels(registry: SchemaRegistry) -> None:
+    """A schema fine against the latest version but not an older one is refused at a _TRANSITIVE level."""
+    subject = unique("contract") + "-value"
+
+    def thing(*fields: dict[str, object]) -> str:
+        return json.dumps({"type": "record", "name": "Thing", "namespace": "contract", "fields": list(fields)})
+
+    await registry.register(subject, thing({"name": "a", "type": "string", "default": ""}))
+    await registry.set_compatibility("BACKWARD_TRANSITIVE", subject)
+    await registry.register(subject, thing())
+    comeback = thing({"name": "a", "type": "int", "default": 0})
+    report = await registry.test_compatibility(subject, comeback)
+    assert not report.is_compatible
+    with pytest.raises(IncompatibleSchemaError):
+        await registry.register(subject, comeback)
+    await registry.set_compatibility("BACKWARD", subject)
+    assert (await registry.test_compatibility(subject, comeback)).is_compatible

@@ -1,0 +1,205 @@
+"""The projector service: change topics → PostgreSQL projections, with a health endpoint and a clean drain.
+
+Start-up order: PostgreSQL (pool, SQL migrations), Kafka topics (change topics with infinite retention —
+the log is the source of truth for rebuilds — and the DLQ), the registry client, the DLQ producer, then the
+supervised consumer and the health endpoint. Every dependency that is down at start is waited for with
+backoff. SIGTERM or SIGINT drains: the batch in flight commits (or is dropped uncommitted), the member
+leaves its group, connections close; a second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import TypeVar
+
+from consumers.dead_letter import DeadLetterQueue
+from consumers.decoder import EventDecoder, entity_of_topic
+from consumers.health import HealthReport, HealthServer
+from consumers.kafka_source_adapter import KafkaSource
+from consumers.runtime import ConsumerRuntime, RuntimeConfig
+from consumers.watchdog import Supervisor
+from keel.backoff import Backoff
+from keel.errors import TransientError
+from keel.kafka_adapter import AioKafkaLogWriter, TopicSpec, ensure_topics
+from keel.lifecycle import State
+from keel.logging import get_logger
+from keel.settings import Settings
+from projections.pg_adapter import Pool, connect_pool
+from projections.pg_store_adapter import PgProjectionStore
+from projections.sql_migrator_adapter import migrate
+from schemas.catalog import Catalog, default_catalog
+from schemas.domain_migrations import build_registry, configured_disabled_migrations
+from schemas.migrations import MigrationRegistry
+from schemas.registry_adapter import ConfluentSchemaRegistry
+
+__all__ = ["Projector", "change_topics", "migration_registry", "serve_projector", "topic_specs"]
+
+_log = get_logger("projector")
+T = TypeVar("T")
+DRAIN_TIMEOUT_S = 30.0
+
+
+def change_topics(settings: Settings, catalog: Catalog | None = None) -> list[str]:
+    """The change topic of every entity type."""
+    return [settings.topic_for(entity) for entity in (catalog or default_catalog()).entities()]
+
+
+def topic_specs(settings: Settings, catalog: Catalog | None = None) -> list[TopicSpec]:
+    """Change topics (retention.ms=-1: rebuilds replay from the start) and the DLQ."""
+    specs = [
+        TopicSpec(topic, settings.change_topic_partitions, settings.change_topic_replication, {"retention.ms": "-1"})
+        for topic in change_topics(settings, catalog)
+    ]
+    specs.append(TopicSpec(settings.dlq_topic, settings.change_topic_partitions, settings.change_topic_replication))
+    return specs
+
+
+def migration_registry(settings: Settings, catalog: Catalog | None = None) -> MigrationRegistry:
+    """The domain's migration steps minus those disabled by these settings or by schemas/subjects.toml."""
+    disabled = dict.fromkeys([*settings.disabled_migrations, *configured_disabled_migrations(catalog)])
+    return build_registry(catalog, disabled=tuple(disabled))
+
+
+async def _until_available(what: str, operation: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
+    """Run `operation` until it stops failing transiently; None if `stop` is set first."""
+    backoff = Backoff(0.2, 5.0)
+    while not stop.is_set():
+        try:
+            return await operation()
+        except TransientError as error:
+            delay = backoff.next_delay()
+            _log.warning("dependency unavailable at start", what=what, error=str(error), delay_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    return None
+
+
+class Projector:
+    """One projector process."""
+
+    def __init__(self, settings: Settings, *, catalog: Catalog | None = None, health_port: int | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or default_catalog()
+        self.health = HealthServer(
+            self.report, port=settings.projector_health_port if health_port is None else health_port
+        )
+        self.supervisor: Supervisor | None = None
+        self.started_at = time.monotonic()
+        self.ready_event = asyncio.Event()
+
+    def report(self) -> HealthReport:
+        """Alive while the supervisor runs; ready when the consumer runs without backing off."""
+        runtime = self.supervisor.runtime if self.supervisor else None
+        if runtime is None:
+            return HealthReport(alive=True, ready=False, details={"state": "starting"})
+        state = runtime.lifecycle.state
+        stats = runtime.stats
+        details = {
+            "state": state.value,
+            "group": runtime.config.group_id,
+            "partitions": {f"{p.topic}[{p.partition}]": o for p, o in sorted(runtime.positions.items())},
+            "waiting_on": runtime.waiting_on,
+            "restarts": self.supervisor.restarts if self.supervisor else 0,
+            "batches": stats.batches,
+            "applied": stats.applied,
+            "duplicates": stats.duplicates,
+            "decisions": stats.decisions,
+            "dead_lettered": stats.dead_lettered,
+            "fenced": stats.fenced,
+            "transient_failures": stats.transient_failures,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+        }
+        alive = state is not State.FAILED
+        return HealthReport(alive=alive, ready=state is State.RUNNING and runtime.waiting_on is None, details=details)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain."""
+        settings = self.settings
+        async with AsyncExitStack() as stack:
+            await self.health.start()
+            stack.push_async_callback(self.health.stop)
+
+            async def open_pool() -> Pool:
+                return await connect_pool(
+                    settings.database_url,
+                    max_size=settings.projector_pg_pool_size,
+                    application_name=f"keel-projector {settings.consumer_group}",
+                )
+
+            pool = await _until_available("postgresql", open_pool, stop)
+            if pool is None:
+                return
+            stack.push_async_callback(pool.close)
+            if await _until_available("sql migrations", lambda: migrate(pool, settings.pg_schema), stop) is None:
+                return
+            topics = topic_specs(settings, self.catalog)
+            if await _until_available("kafka topics", lambda: ensure_topics(settings, topics), stop) is None:
+                return
+            registry = ConfluentSchemaRegistry(settings.registry_url)
+            stack.push_async_callback(registry.close)
+            writer = AioKafkaLogWriter(settings)
+
+            async def start_writer() -> bool:
+                await writer.start()
+                return True
+
+            if await _until_available("kafka producer", start_writer, stop) is None:
+                return
+            stack.push_async_callback(writer.stop)
+            store = PgProjectionStore(pool, settings.pg_schema)
+            decoder = EventDecoder(
+                registry,
+                migration_registry(settings, self.catalog),
+                entity_of_topic(settings.topic_prefix),
+                catalog=self.catalog,
+            )
+            dead_letters = DeadLetterQueue(writer, settings.dlq_topic)
+            config = RuntimeConfig(settings.consumer_group, max_records=settings.projector_batch_max_records)
+            topic_names = change_topics(settings, self.catalog)
+
+            def runtime() -> ConsumerRuntime:
+                source = KafkaSource(
+                    settings,
+                    topic_names,
+                    group_id=settings.consumer_group,
+                    instance_id=settings.consumer_instance_id,
+                    session_timeout_ms=settings.consumer_session_timeout_ms,
+                )
+                return ConsumerRuntime(source, store, decoder, dead_letters, config)
+
+            self.supervisor = Supervisor(runtime, stall_s=settings.projector_stall_s)
+            self.ready_event.set()
+            _log.info("projector running", group=settings.consumer_group, schema=settings.pg_schema, topics=topic_names)
+            await self.supervisor.run(stop)
+        _log.info("projector stopped")
+
+
+async def serve_projector(settings: Settings) -> None:
+    """Run a projector until SIGTERM/SIGINT; a second signal cancels the drain."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(Projector(settings).run(stop), name="projector")
+
+    def on_signal(name: str) -> None:
+        if stop.is_set():
+            _log.warning("second signal: cancelling the drain", signal=name)
+            task.cancel()
+            return
+        _log.info("signal received: draining", signal=name, timeout_s=DRAIN_TIMEOUT_S)
+        stop.set()
+        loop.call_later(DRAIN_TIMEOUT_S, task.cancel)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await task
+    except asyncio.CancelledError:
+        _log.warning("projector cancelled before the drain finished")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,1 @@
+"""What partner platforms integrate with: the generated AsyncAPI contract of Keel's topics."""

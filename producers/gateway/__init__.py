@@ -1,0 +1,1 @@
+"""The gateway: device sessions, push into Kafka, pull from the outbox, live stream (docs/gateway-api.md)."""

@@ -1,0 +1,172 @@
+"""The pull path: a device's outbox from its cursor, down-cast to its versions, with a manifest; long-polls.
+
+The outbox (projections/outbox.py) holds accepted changes in the current schema version; each is served
+in the version the device negotiated (`schemas.migrations.downcast_event`) with the caution flags that
+name what the device's version cannot show. Notices addressed to the device (conflicts, rejections,
+resync) travel as they are. A pull with cursor C acknowledges C: the device applied everything up to it,
+which lets the outbox prune what every device has.
+
+`OutboxWatcher` tails the shared feed of tenants someone is waiting on and wakes long-polls and live
+streams when rows arrive (a LISTEN/NOTIFY channel from the projector can replace the polling later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from keel.errors import KeelError
+from keel.logging import get_logger
+from producers.gateway.tokens import DeviceClaims
+from producers.wire import PageEntry, PullResponse, WireEvent, build_manifest
+from projections.outbox import FeedItem, OutboxKind, OutboxReader, event_from_body
+from schemas.migrations import MigrationRegistry, downcast_event
+
+__all__ = ["OutboxWatcher", "PullService"]
+
+_NO_DEVICE = ""  # reading as no device yields the tenant's shared feed only (device ids are never empty)
+
+_log = get_logger("gateway.pull")
+
+
+class OutboxWatcher:
+    """Wakes listeners of a tenant when its outbox position moves."""
+
+    def __init__(self, outbox: OutboxReader, *, interval_s: float = 0.25) -> None:
+        self._outbox = outbox
+        self._interval_s = interval_s
+        self._listeners: dict[str, set[asyncio.Event]] = {}
+        self._last: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Begin polling (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="keel-outbox-watcher")
+
+    async def stop(self) -> None:
+        """Stop polling and wake every listener."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        """Wake every listener (the gateway is draining)."""
+        for events in self._listeners.values():
+            for event in events:
+                event.set()
+
+    @contextlib.asynccontextmanager
+    async def listen(self, tenant_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever the tenant's outbox moves, for the duration of the block."""
+        event = asyncio.Event()
+        self._listeners.setdefault(tenant_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            listeners = self._listeners.get(tenant_id)
+            if listeners is not None:
+                listeners.discard(event)
+                if not listeners:
+                    del self._listeners[tenant_id]
+                    self._last.pop(tenant_id, None)
+
+    async def poll_once(self) -> None:
+        """Tail the shared feed of every watched tenant once; wake its listeners if rows arrived."""
+        for tenant_id in list(self._listeners):
+            try:
+                position = self._last.get(tenant_id)
+                if position is None:
+                    # Rows below this position are committed; anything a listener missed before it is
+                    # found by its own next read (long-polls re-read every second, streams start with hello).
+                    self._last[tenant_id] = await self._outbox.current_cursor(tenant_id)
+                    continue
+                page = await self._outbox.read(tenant_id, _NO_DEVICE, position, 1000)
+            except KeelError as error:
+                _log.debug("outbox tail unavailable", tenant=tenant_id, error=str(error))
+                continue
+            if page.resync_required:
+                self._last.pop(tenant_id, None)
+                continue
+            if page.entries:
+                self._last[tenant_id] = page.next_cursor
+                for event in self._listeners.get(tenant_id, ()):
+                    event.set()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            await self.poll_once()
+
+
+class PullService:
+    """Serves outbox pages to devices."""
+
+    def __init__(
+        self,
+        outbox: OutboxReader,
+        watcher: OutboxWatcher,
+        migrations: MigrationRegistry,
+        *,
+        max_wait_s: float = 30.0,
+        max_limit: int = 1000,
+        recheck_s: float = 1.0,
+    ) -> None:
+        self._outbox = outbox
+        self._watcher = watcher
+        self._migrations = migrations
+        self.draining = False
+        self.max_wait_s = max_wait_s
+        self.max_limit = max_limit
+        self._recheck_s = recheck_s
+
+    def _entry(self, item: FeedItem, claims: DeviceClaims) -> PageEntry:
+        cursor = item.cursor.encode()
+        row = item.entry
+        if row.kind is OutboxKind.CHANGE:
+            event = event_from_body(row.body)
+            version = claims.version_of(event.entity_type)
+            cautions: list[str] = []
+            if version is not None:
+                event, cautions = downcast_event(event, version, self._migrations)
+            return PageEntry(cursor=cursor, kind=row.kind.value, event=WireEvent.of(event), cautions=cautions)
+        notice: dict[str, Any] = {
+            "entity_type": row.entity_type,
+            "entity_id": row.entity_id,
+            "event_id": row.event_id,
+            "body": dict(row.body),
+        }
+        return PageEntry(cursor=cursor, kind=row.kind.value, notice=notice)
+
+    async def pull(self, claims: DeviceClaims, cursor: str, *, limit: int = 500, wait_s: float = 0.0) -> PullResponse:
+        """A page after `cursor`, waiting up to `wait_s` for one when there is nothing new."""
+        limit = max(1, min(limit, self.max_limit))
+        wait_s = max(0.0, min(wait_s, self.max_wait_s))
+        if cursor:
+            await self._outbox.acknowledge(claims.tenant_id, claims.device_id, cursor)
+        page = await self._outbox.read(claims.tenant_id, claims.device_id, cursor, limit)
+        if not page.entries and not page.resync_required and wait_s > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            async with self._watcher.listen(claims.tenant_id) as moved:
+                while not page.entries and not page.resync_required and not self.draining:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        # Re-read every `recheck_s` even without a wake-up: a watcher that started polling
+                        # after the change happened would otherwise never see it move.
+                        await asyncio.wait_for(moved.wait(), min(remaining, self._recheck_s))
+                    moved.clear()
+                    page = await self._outbox.read(claims.tenant_id, claims.device_id, cursor, limit)
+        if page.resync_required:
+            # The device repairs from a snapshot read after this moment, then continues from here.
+            head = await self._outbox.current_cursor(claims.tenant_id)
+            return PullResponse(entries=[], next_cursor=head, resync_required=True, manifest=build_manifest([]))
+        entries = [self._entry(item, claims) for item in page.entries]
+        return PullResponse(entries=entries, next_cursor=page.next_cursor, manifest=build_manifest(entries))

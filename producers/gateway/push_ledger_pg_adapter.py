@@ -1,0 +1,106 @@
+"""The push ledger in PostgreSQL: `device_heads` and `device_seq_outcomes` (sql/102_push_ledger.sql).
+
+A session is one transaction holding `pg_advisory_xact_lock` on the device (keyed by schema and device id),
+so two gateway instances never interleave one device's pushes; the lock goes with the transaction, also
+when the connection dies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from asyncpg import Record
+from asyncpg.pool import PoolConnectionProxy
+
+from keel.errors import SequenceError
+from producers.gateway.push_ledger import LedgerSession, Outcome, SeqOutcome
+from projections.pg_adapter import Pool, pg_errors
+from projections.sql_migrations import quote_ident
+
+__all__ = ["PgPushLedger"]
+
+# `{schema}` is replaced by the quoted schema name, as in the SQL migration files.
+_SQL = {
+    "lock": "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+    "head": "SELECT head_seq FROM {schema}.device_heads WHERE device_id = $1",
+    "outcomes": "SELECT seq, event_id, outcome, code, reason, field FROM {schema}.device_seq_outcomes "
+    "WHERE device_id = $1 AND seq = ANY($2::bigint[])",
+    "record": "INSERT INTO {schema}.device_seq_outcomes (device_id, seq, event_id, outcome, code, reason, field) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    "move_head": "INSERT INTO {schema}.device_heads (device_id, tenant_id, head_seq) VALUES ($1, $2, $3) "
+    "ON CONFLICT (device_id) DO UPDATE SET head_seq = excluded.head_seq, updated_at = now()",
+}
+
+
+class _PgSession:
+    def __init__(
+        self, connection: PoolConnectionProxy[Record], sql: dict[str, str], tenant_id: str, device_id: str
+    ) -> None:
+        self._db = connection
+        self._sql = sql
+        self._tenant_id = tenant_id
+        self._device_id = device_id
+        self._head: int | None = None
+
+    async def head(self) -> int:
+        if self._head is None:
+            value = await self._db.fetchval(self._sql["head"], self._device_id)
+            self._head = int(value) if value is not None else 0
+        return self._head
+
+    async def outcomes(self, seqs: Sequence[int]) -> dict[int, SeqOutcome]:
+        if not seqs:
+            return {}
+        rows = await self._db.fetch(
+            self._sql["outcomes"],
+            self._device_id,
+            list(seqs),
+        )
+        return {
+            int(r["seq"]): SeqOutcome(
+                int(r["seq"]), r["event_id"], Outcome(r["outcome"]), r["code"], r["reason"], r["field"]
+            )
+            for r in rows
+        }
+
+    async def record(self, outcomes: Sequence[SeqOutcome], head: int) -> None:
+        current = await self.head()
+        if head < current:
+            raise SequenceError(f"the head of {self._device_id} may not move back from {current} to {head}")
+        await self._db.executemany(
+            self._sql["record"],
+            [(self._device_id, o.seq, o.event_id, o.outcome.value, o.code, o.reason, o.field) for o in outcomes],
+        )
+        await self._db.execute(
+            self._sql["move_head"],
+            self._device_id,
+            self._tenant_id,
+            head,
+        )
+        self._head = head
+
+
+class PgPushLedger:
+    """`PushLedger` on a pool."""
+
+    def __init__(self, pool: Pool, schema: str) -> None:
+        self._pool = pool
+        self._schema_name = schema
+        self._sql = {name: text.replace("{schema}", quote_ident(schema)) for name, text in _SQL.items()}
+
+    @asynccontextmanager
+    async def _session(self, tenant_id: str, device_id: str) -> AsyncIterator[LedgerSession]:
+        async with pg_errors("push ledger"), self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(self._sql["lock"], f"keel-push:{self._schema_name}:{device_id}")
+            yield _PgSession(connection, self._sql, tenant_id, device_id)
+
+    def session(self, tenant_id: str, device_id: str) -> AbstractAsyncContextManager[LedgerSession]:
+        """Lock the device for one transaction."""
+        return self._session(tenant_id, device_id)
+
+    async def head(self, device_id: str) -> int:
+        """Committed head without locking."""
+        async with pg_errors("read head"), self._pool.acquire() as connection:
+            value = await connection.fetchval(self._sql["head"], device_id)
+        return int(value) if value is not None else 0
