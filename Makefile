@@ -44,6 +44,8 @@ check: install
 	$(BIN)/hadolint Dockerfile
 	$(KEEL) partners asyncapi --check --out docs/asyncapi.yaml
 	@bash scripts/k8s-validate.sh
+	promtool check rules deploy/observability/prometheus/keel-alerts.yaml
+	cd deploy/observability/prometheus && promtool test rules keel-alerts.test.yaml
 
 bench: install
 	@bash scripts/with-stack.sh $(KEEL) bench --json reports/bench.json

@@ -10,29 +10,26 @@ steps. Changed fields end explicit. Failures are sorted: anything wrong with the
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import fastavro
 
-from keel.errors import DecodeError, PermanentError, UnknownSchemaError, ValidationError
+from consumers.signature_check import SignatureCheck
+from keel.errors import DecodeError, IntegrityError, PermanentError, UnknownSchemaError, ValidationError
 from keel.event_log import LogRecord
 from projections.batch import SourcedEvent, SourcePosition
 from projections.entity_tables import entity_tables, raise_if_unprojectable
 from schemas.catalog import Catalog, default_catalog
-from schemas.codec import decode_body, unframe
+from schemas.codec import decode_body, to_payload_form, unframe
 from schemas.envelope import ChangeEvent
 from schemas.migrations import MigrationRegistry
 from schemas.registry import SchemaRegistry
 from schemas.validation import validate_event
 
 __all__ = ["Decoded", "EventDecoder", "Undecodable", "entity_of_topic", "to_payload_form"]
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def entity_of_topic(prefix: str) -> Callable[[str], str | None]:
@@ -45,20 +42,6 @@ def entity_of_topic(prefix: str) -> Callable[[str], str | None]:
         return None
 
     return entity
-
-
-def to_payload_form(value: Any) -> Any:
-    """Decoder output in payload form: timestamps as epoch milliseconds, UUIDs as text, containers copied."""
-    if isinstance(value, dict):
-        return {key: to_payload_form(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [to_payload_form(item) for item in value]
-    if isinstance(value, dt.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +67,10 @@ class EventDecoder:
         entity_for_topic: Callable[[str], str | None],
         *,
         catalog: Catalog | None = None,
+        signatures: SignatureCheck | None = None,
     ) -> None:
         self._registry = registry
+        self._signatures = signatures  # None: no signature checks (tests of other concerns, partner tooling)
         self._migrations = migrations
         self._entity_for_topic = entity_for_topic
         self._catalog = catalog or default_catalog()
@@ -116,8 +101,11 @@ class EventDecoder:
                 envelope = ChangeEvent.from_avro(raw)
             except (KeyError, ValueError, TypeError) as error:
                 raise DecodeError(f"not a Keel change event envelope: {error!r}", schema_id) from error
-            return self._project(record, envelope, schema_id)
-        except (DecodeError, UnknownSchemaError, ValidationError) as error:
+            # Verified in the writer's version, before any migration touches the payload (docs/security.md).
+            chain = await self._signatures.chain_of(envelope, record.headers) if self._signatures else ()
+            sourced = self._project(record, envelope, schema_id)
+            return replace(sourced, chain=chain) if chain else sourced
+        except (DecodeError, UnknownSchemaError, ValidationError, IntegrityError) as error:
             return Undecodable(record, error, schema_id, envelope)
 
     def _project(self, record: LogRecord, event: ChangeEvent, schema_id: int) -> SourcedEvent:

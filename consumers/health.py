@@ -1,6 +1,7 @@
-"""A minimal HTTP health endpoint on asyncio streams: `GET /health` (liveness + details), `GET /ready`.
+"""A minimal HTTP health endpoint on asyncio streams: `GET /health`, `GET /ready` and `GET /metrics`.
 
-Deliberately not uvicorn: a server that installs its own signal handlers would fight the service's
+`/health` answers liveness with details, `/ready` readiness, `/metrics` the process's Prometheus text
+(keel/telemetry.py). Deliberately not uvicorn: a server that installs its own signal handlers would fight the service's
 SIGTERM drain, and two JSON routes need no framework.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keel.logging import get_logger
+from keel.telemetry import PROMETHEUS_CONTENT_TYPE, prometheus_text
 
 __all__ = ["HealthReport", "HealthServer"]
 
@@ -62,10 +64,14 @@ class HealthServer:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
             method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, body = self._route(method, path.split("?", 1)[0])
-            payload = json.dumps(body, default=str).encode()
+            path = path.split("?", 1)[0]
+            if method == "GET" and path == "/metrics":
+                status, content_type, payload = 200, PROMETHEUS_CONTENT_TYPE, prometheus_text()
+            else:
+                status, body = self._route(method, path)
+                content_type, payload = "application/json", json.dumps(body, default=str).encode()
             head = (
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
             )
             writer.write(head.encode() + payload)

@@ -17,18 +17,22 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TypeVar
 
+from consumers.checkpointer import periodic_checkpoints
 from consumers.dead_letter import DeadLetterQueue
 from consumers.decoder import EventDecoder, entity_of_topic
 from consumers.health import HealthReport, HealthServer
 from consumers.kafka_source_adapter import KafkaSource
 from consumers.runtime import ConsumerRuntime, RuntimeConfig
+from consumers.signature_check import signature_check
 from consumers.watchdog import Supervisor
 from keel.backoff import Backoff
-from keel.errors import TransientError
+from keel.errors import KeelError, TransientError
 from keel.kafka_adapter import AioKafkaLogWriter, TopicSpec, ensure_topics
 from keel.lifecycle import State
 from keel.logging import get_logger
 from keel.settings import Settings
+from keel.telemetry import configure_telemetry, observe
+from projections.batch import TopicPartition
 from projections.pg_adapter import Pool, connect_pool
 from projections.pg_store_adapter import PgProjectionStore
 from projections.sql_migrator_adapter import migrate
@@ -42,6 +46,7 @@ __all__ = ["Projector", "change_topics", "migration_registry", "serve_projector"
 _log = get_logger("projector")
 T = TypeVar("T")
 DRAIN_TIMEOUT_S = 30.0
+LAG_SAMPLE_S = 5.0
 
 
 def change_topics(settings: Settings, catalog: Catalog | None = None) -> list[str]:
@@ -82,7 +87,14 @@ async def _until_available(what: str, operation: Callable[[], Awaitable[T]], sto
 class Projector:
     """One projector process."""
 
-    def __init__(self, settings: Settings, *, catalog: Catalog | None = None, health_port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        catalog: Catalog | None = None,
+        health_port: int | None = None,
+        lag_sample_s: float = LAG_SAMPLE_S,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog or default_catalog()
         self.health = HealthServer(
@@ -91,6 +103,46 @@ class Projector:
         self.supervisor: Supervisor | None = None
         self.started_at = time.monotonic()
         self.ready_event = asyncio.Event()
+        self.lag: dict[TopicPartition, int] = {}  # records behind the log end, per owned partition (sampled)
+        self.lag_sample_s = lag_sample_s
+        self.migrations: MigrationRegistry | None = None
+        observe(
+            "keel_projector_lag_records",
+            self._lag_observations,
+            description="Records between a partition's end and the projector's committed position (sampled)",
+        )
+        observe(
+            "keel_migrations_performed_total",
+            self._migration_observations,
+            kind="counter",
+            description="Schema migration steps applied to events, by step (MigrationRegistry.performed)",
+        )
+
+    def _lag_observations(self) -> list[tuple[float, dict[str, str]]]:
+        return [(float(lag), {"topic": p.topic, "partition": str(p.partition)}) for p, lag in sorted(self.lag.items())]
+
+    def _migration_observations(self) -> list[tuple[float, dict[str, str]]]:
+        performed = self.migrations.performed if self.migrations is not None else {}
+        return [(float(count), {"step": step, "service": "projector"}) for step, count in sorted(performed.items())]
+
+    async def _sample_lag(self, stop: asyncio.Event) -> None:
+        """Every few seconds: log end minus committed position of each owned partition (for /metrics, /health)."""
+        while not stop.is_set():
+            runtime = self.supervisor.runtime if self.supervisor else None
+            if runtime is not None and runtime.lifecycle.is_running:
+                try:
+                    ends = await runtime.source.end_offsets(runtime.source.assignment())
+                except KeelError:
+                    ends = None  # the log is unreachable: keep the last sample
+                if ends is not None:
+                    self.lag = {
+                        p: max(0, end - (runtime.positions.get(p) or 0))
+                        for p, end in ends.items()
+                        if p in runtime.positions
+                    }
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.lag_sample_s)
+        self.lag = {}
 
     def report(self) -> HealthReport:
         """Alive while the supervisor runs; ready when the consumer runs without backing off."""
@@ -112,6 +164,7 @@ class Projector:
             "dead_lettered": stats.dead_lettered,
             "fenced": stats.fenced,
             "transient_failures": stats.transient_failures,
+            "lag": {f"{p.topic}[{p.partition}]": lag for p, lag in sorted(self.lag.items())},
             "uptime_s": round(time.monotonic() - self.started_at, 1),
         }
         alive = state is not State.FAILED
@@ -120,6 +173,9 @@ class Projector:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain."""
         settings = self.settings
+        configure_telemetry(
+            "keel-projector", settings.otel_exporter, settings.otel_endpoint, sample_ratio=settings.otel_sample_ratio
+        )
         async with AsyncExitStack() as stack:
             await self.health.start()
             stack.push_async_callback(self.health.stop)
@@ -152,14 +208,20 @@ class Projector:
                 return
             stack.push_async_callback(writer.stop)
             store = PgProjectionStore(pool, settings.pg_schema)
+            self.migrations = migration_registry(settings, self.catalog)
             decoder = EventDecoder(
                 registry,
-                migration_registry(settings, self.catalog),
+                self.migrations,
                 entity_of_topic(settings.topic_prefix),
                 catalog=self.catalog,
+                signatures=signature_check(settings, pool),
             )
             dead_letters = DeadLetterQueue(writer, settings.dlq_topic)
-            config = RuntimeConfig(settings.consumer_group, max_records=settings.projector_batch_max_records)
+            config = RuntimeConfig(
+                settings.consumer_group,
+                max_records=settings.projector_batch_max_records,
+                record_spans=settings.otel_record_spans,
+            )
             topic_names = change_topics(settings, self.catalog)
 
             def runtime() -> ConsumerRuntime:
@@ -175,7 +237,19 @@ class Projector:
             self.supervisor = Supervisor(runtime, stall_s=settings.projector_stall_s)
             self.ready_event.set()
             _log.info("projector running", group=settings.consumer_group, schema=settings.pg_schema, topics=topic_names)
-            await self.supervisor.run(stop)
+            sampler = asyncio.create_task(self._sample_lag(stop), name="projector-lag")
+            checkpointer = periodic_checkpoints(settings, pool, stop, self.catalog)  # None unless configured
+            try:
+                await self.supervisor.run(stop)
+            finally:
+                sampler.cancel()
+                if checkpointer is not None:
+                    checkpointer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await checkpointer
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+                self.lag = {}
         _log.info("projector stopped")
 
 

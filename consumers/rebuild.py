@@ -22,6 +22,7 @@ from consumers.dead_letter import DeadLetterQueue
 from consumers.decoder import EventDecoder, entity_of_topic
 from consumers.kafka_source_adapter import KafkaSource
 from consumers.runtime import ConsumerRuntime, RuntimeConfig
+from consumers.signature_check import signature_check
 from consumers.source import ConsumerSource, RebalanceHandler, Records
 from keel.errors import ConfigurationError
 from keel.event_log import OutgoingRecord, RecordPosition
@@ -221,7 +222,13 @@ async def rebuild(
         await admin.restore_snapshot(found[0], shadow, chosen, topics)
 
     report = RebuildReport(live, shadow, chosen, {})
-    decoder = EventDecoder(registry, migrations, entity_of_topic(settings.topic_prefix), catalog=catalog)
+    decoder = EventDecoder(
+        registry,
+        migrations,
+        entity_of_topic(settings.topic_prefix),
+        catalog=catalog,
+        signatures=signature_check(settings, pool),  # keys of the live schema: the shadow has none
+    )
     live_digests = await _replay(settings, pool, decoder, report, topics=topics, deadline=began + timeout_s)
     report.comparisons = compare_digests(live_digests, await admin.digests(shadow, chosen))
     if swap:

@@ -10,6 +10,12 @@ written before the offset that skips it is committed — and the partition moves
 registry unreachable, deadlock) keeps the batch, backs off and retries it, and never reaches the DLQ;
 fencing drops the batch and re-seeks to the stored offsets. Rebalances: the revoke handler waits (bounded)
 for the batch in flight through an `asyncio.Event`, never a lock the loop could hold across the rebalance.
+
+Tracing: each batch is a `keel.projector.batch` span linked to the trace context of every record in it (a
+batch mixes ops of many traces, so links, not parents); each record that carries a context also gets a
+`keel.projector.apply` span *in its op's trace* (child of the gateway's produce span, linked to the batch),
+whose traceparent is kept with the record's outbox rows so deliveries to other devices link back to it.
+`RuntimeConfig.record_spans=False` keeps only the batch spans (docs/observability.md has the overhead).
 """
 
 from __future__ import annotations
@@ -18,22 +24,30 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from consumers.dead_letter import DeadLetter, DeadLetterQueue
 from consumers.decoder import EventDecoder, Undecodable
+from consumers.metrics import ProjectorMetrics, accepted_at_ms
 from consumers.source import ConsumerSource, Records
 from keel.backoff import Backoff
-from keel.errors import FencedError, KeelError, SequenceError, TransientError
+from keel.errors import FencedError, IntegrityError, KeelError, SequenceError, TransientError
 from keel.event_log import LogRecord
 from keel.lifecycle import Lifecycle, State
 from keel.logging import get_logger
+from keel.telemetry import context_from_kafka_headers, get_tracer, link_to, links_from, traceparent_of
 from projections.batch import OffsetAdvance, ProjectionBatch, Rejection, SourcedEvent, SourcePosition, TopicPartition
 from projections.store import ProjectionStore
+from schemas.envelope import TraceHeaders
 
 __all__ = ["ConsumerRuntime", "RuntimeConfig", "RuntimeStats"]
 
 _log = get_logger("consumer")
+_tracer = get_tracer("projector")
+_metrics = ProjectorMetrics()
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class RuntimeConfig:
     commit_to_log: bool = True  # rebuilds read without a group: nothing to commit
     backoff_base_s: float = 0.2
     backoff_cap_s: float = 5.0
+    record_spans: bool = True  # a span per record in its op's trace (besides the batch span)
 
 
 @dataclass
@@ -148,6 +163,7 @@ class ConsumerRuntime:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain: finish the batch in flight, commit, leave the group."""
         self.lifecycle.move_to(State.STARTING)
+        _metrics.started()
         while not stop.is_set():
             try:
                 await self.source.start(self)
@@ -194,6 +210,7 @@ class ConsumerRuntime:
         self.stats.last_error = f"{type(error).__name__}: {error}"
         self.waiting_on = self.stats.last_error
         delay = self._backoff.next_delay()
+        _metrics.backed_off(error, delay)
         _log.warning("transient failure, backing off", error=self.stats.last_error, delay_s=round(delay, 3))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
@@ -254,45 +271,113 @@ class ConsumerRuntime:
     async def _commit(self, batch: dict[TopicPartition, list[LogRecord]]) -> None:
         # Read before the first await: a rebalance may revoke partitions while records are being decoded.
         expected = {partition: self.positions[partition] for partition in batch}
-        events: list[SourcedEvent] = []
-        letters: list[DeadLetter] = []
-        rejections: list[Rejection] = []
-        by_position: dict[SourcePosition, LogRecord] = {}
-        for partition in sorted(batch):
-            for record in batch[partition]:
-                decoded = await self.decoder.decode(record)
-                if isinstance(decoded, Undecodable):
-                    letters.append(DeadLetter(record, decoded.error, decoded.schema_id))
-                    rejections.append(_rejection(record, decoded))
-                else:
-                    events.append(decoded)
-                    by_position[decoded.position] = record
+        records = [record for partition in sorted(batch) for record in batch[partition]]
+        contexts = [context_from_kafka_headers(record.headers) for record in records]
+        spans = _RecordSpans(self.config.record_spans)
+        with _tracer.start_as_current_span(
+            "keel.projector.batch",
+            kind=SpanKind.CONSUMER,
+            links=links_from(contexts),
+            attributes={"keel.group": self.config.group_id, "messaging.batch.message_count": len(records)},
+        ) as batch_span:
+            try:
+                decoded = await self._decode(records, contexts, spans, batch_span)
+                await self._commit_decoded(batch, expected, decoded, spans, batch_span)
+            except BaseException as error:
+                spans.end_all(error)
+                raise
+            spans.end_all(None)
+
+    async def _decode(
+        self, records: list[LogRecord], contexts: list[otel_context.Context], spans: _RecordSpans, batch_span: Span
+    ) -> _Decoded:
+        """Decode every record; start its span; sort events from dead letters."""
+        decoded = _Decoded(len(records))
+        for record, ctx in zip(records, contexts, strict=True):
+            result = await self.decoder.decode(record)
+            span = spans.start(record, ctx, batch_span, None if isinstance(result, Undecodable) else result)
+            if isinstance(result, Undecodable):
+                spans.dead_lettered(record, result.error)
+                decoded.letters.append(DeadLetter(record, result.error, result.schema_id))
+                decoded.rejections.append(_rejection(record, result))
+                continue
+            trace = traceparent_of(span) if span is not None else _header(record, TraceHeaders.TRACEPARENT)
+            if trace is not None:
+                result = replace(result, trace=trace)
+            decoded.events.append(result)
+            decoded.by_position[result.position] = record
+            accepted = accepted_at_ms(record.headers)
+            if accepted is not None:
+                decoded.accepted_at[id(result)] = accepted
+        return decoded
+
+    async def _commit_decoded(
+        self,
+        batch: dict[TopicPartition, list[LogRecord]],
+        expected: dict[TopicPartition, int | None],
+        decoded: _Decoded,
+        spans: _RecordSpans,
+        batch_span: Span,
+    ) -> None:
+        events, letters, rejections, by_position = (
+            decoded.events,
+            decoded.letters,
+            decoded.rejections,
+            decoded.by_position,
+        )
         advances = tuple(
             OffsetAdvance(partition, expected[partition], batch[partition][-1].offset + 1) for partition in batch
         )
         # Durable before the offsets that skip them are committed; not again when a retry repeats the batch.
         await self.dead_letters.send([d for d in letters if _position(d.record) not in self._sent_letters])
         self._sent_letters.update(_position(d.record) for d in letters)
+        commit_seconds = 0.0
         while True:
-            outcome = await self.store.apply_batch(
-                ProjectionBatch(self.config.group_id, advances, tuple(events), tuple(rejections))
-            )
+            with _tracer.start_as_current_span("keel.projector.commit", attributes={"keel.events": len(events)}):
+                commit_started = time.monotonic()
+                outcome = await self.store.apply_batch(
+                    ProjectionBatch(self.config.group_id, advances, tuple(events), tuple(rejections))
+                )
+                commit_seconds += time.monotonic() - commit_started
             if outcome.committed:
                 break
             replayed = [self._replayed_letter(by_position[s.position], s) for s in outcome.replayed]
+            replayed += [  # links that contradict a signed device's chain (docs/security.md)
+                DeadLetter(by_position[s.position], IntegrityError(why), s.schema_id) for s, why in outcome.refused
+            ]
+            dropped = [*outcome.replayed, *(s for s, _ in outcome.refused)]
+            for letter in replayed:
+                spans.dead_lettered(letter.record, letter.error)
             await self.dead_letters.send([d for d in replayed if _position(d.record) not in self._sent_letters])
             self._sent_letters.update(_position(d.record) for d in replayed)
             letters.extend(replayed)
-            rejections.extend(
-                _rejection_of_replay(s, letter) for s, letter in zip(outcome.replayed, replayed, strict=True)
-            )
-            gone = {s.position for s in outcome.replayed}
+            rejections.extend(_rejection_of_replay(s, letter) for s, letter in zip(dropped, replayed, strict=True))
+            gone = {s.position for s in dropped}
             events = [s for s in events if s.position not in gone]
         self._sent_letters.clear()
         for advance in advances:
             if advance.partition in self.positions:  # not if revoked meanwhile (the next owner reloads it)
                 self.positions[advance.partition] = advance.next_offset
         self._count(outcome.applied, outcome.duplicates, outcome.decisions, letters)
+        batch_span.set_attributes(
+            {
+                "keel.applied": outcome.applied,
+                "keel.duplicates": outcome.duplicates,
+                "keel.decisions": outcome.decisions,
+                "keel.dead_lettered": len(letters),
+            }
+        )
+        _metrics.batch_committed(
+            records=decoded.records,
+            applied=outcome.applied,
+            duplicates=outcome.duplicates,
+            events=events,
+            accepted_at=decoded.accepted_at,
+            dead_letter_classes=[type(letter.error).__name__ for letter in letters],
+            conflicts=outcome.conflicts,
+            started=decoded.started,
+            commit_seconds=commit_seconds,
+        )
         self._idle.set()  # the store commit is the flush; a rebalance must not wait for the log commit below
         if self.config.commit_to_log:
             try:
@@ -324,6 +409,7 @@ class ConsumerRuntime:
     async def _after_fence(self, batch: dict[TopicPartition, list[LogRecord]], error: FencedError) -> None:
         """Drop the batch and continue from what the store says (we may no longer own some partitions)."""
         self.stats.fenced += 1
+        _metrics.fenced()
         _log.warning("fenced: dropping the batch and re-seeking to stored offsets", error=str(error))
         for partition in batch:
             if partition in self.positions:
@@ -332,6 +418,91 @@ class ConsumerRuntime:
         self.source.pause(self._unknown)
         with contextlib.suppress(TransientError):
             await self._load_positions()
+
+
+@dataclass
+class _Decoded:
+    """A batch after decoding: events to apply, dead letters, and what metrics need of them."""
+
+    records: int
+    started: float = field(default_factory=time.monotonic)
+    events: list[SourcedEvent] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    by_position: dict[SourcePosition, LogRecord] = field(default_factory=dict)
+    accepted_at: dict[int, int] = field(default_factory=dict)  # id(event) → gateway acceptance time (ms)
+
+
+class _RecordSpans:
+    """`keel.projector.apply` spans of one batch: children of each record's own trace context, linked to the batch.
+
+    Started when a record is decoded and ended when its batch commits (or fails), so a span's duration is the
+    record's time in the projector. Records without a trace context get none (the batch span covers them).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._spans: dict[SourcePosition, Span] = {}
+
+    def start(
+        self, record: LogRecord, ctx: otel_context.Context, batch_span: Span, sourced: SourcedEvent | None
+    ) -> Span | None:
+        """The span of one record, or None (disabled, or the record carries no trace context)."""
+        if not self.enabled or not ctx:
+            return None
+        attributes: dict[str, str | int] = {
+            "messaging.destination.name": record.topic,
+            "messaging.kafka.partition": record.partition,
+            "messaging.kafka.offset": record.offset,
+        }
+        if sourced is not None:
+            attributes.update(_event_attributes(sourced))
+        span = _tracer.start_span(
+            "keel.projector.apply",
+            context=ctx,
+            kind=SpanKind.CONSUMER,
+            links=link_to(batch_span),
+            attributes=attributes,
+        )
+        if not span.get_span_context().is_valid:
+            return None
+        self._spans[_position(record)] = span
+        return span
+
+    def dead_lettered(self, record: LogRecord, error: KeelError) -> None:
+        """Mark a record's span: it went to the dead-letter topic."""
+        span = self._spans.get(_position(record))
+        if span is not None:
+            span.set_attributes({"keel.outcome": "dead-lettered", "keel.error_class": type(error).__name__})
+            span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
+
+    def end_all(self, error: BaseException | None) -> None:
+        """End every span (as failed when the batch did not commit)."""
+        for span in self._spans.values():
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, f"batch not committed: {type(error).__name__}"))
+            span.end()
+        self._spans.clear()
+
+
+def _event_attributes(sourced: SourcedEvent) -> dict[str, str | int]:
+    event = sourced.event
+    return {
+        "keel.event_id": event.event_id,
+        "keel.tenant": event.tenant_id,
+        "keel.device": event.device_id,
+        "keel.device_seq": event.device_seq,
+        "keel.entity_type": event.entity_type,
+        "keel.entity_id": event.entity_id,
+        "keel.schema_version": event.schema_version,
+    }
+
+
+def _header(record: LogRecord, name: str) -> str | None:
+    for key, value in record.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _rejection(record: LogRecord, decoded: Undecodable) -> Rejection:

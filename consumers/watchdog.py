@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from consumers.metrics import ProjectorMetrics
 from consumers.runtime import ConsumerRuntime
 from keel.backoff import Backoff
 from keel.errors import KeelError
@@ -97,6 +98,7 @@ class Supervisor:
             if reason is None and task.done() and not task.cancelled() and task.exception() is None:
                 return  # drained after stop
             self.restarts += 1
+            ProjectorMetrics().restarted("stalled" if reason is not None else "crashed")
             if reason is not None:
                 _log.warning("watchdog restarts a stalled consumer", reason=reason, restarts=self.restarts)
                 task.cancel()

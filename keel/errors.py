@@ -4,9 +4,11 @@
 
     KeelError                         retriable=False unless stated
     ├── ConfigurationError            settings or files are unusable; fix them and restart
+    │   └── WrongKeyError             the key or passphrase does not open an encrypted store
     ├── TransientError                retriable=True: wait, back off, try again
     │   ├── ServiceUnavailableError   Kafka, the registry or PostgreSQL cannot be reached
     │   ├── BackpressureError         a rate or buffer limit was hit; honour `retry_after_s`
+    │   ├── RequestTimeoutError       a client sent its request too slowly; send it again
     │   └── FencedError               a newer consumer owns the partition; drop the batch, rejoin
     └── PermanentError                the input itself is wrong; retrying the same input fails again
         ├── ContractError             an event breaks the event contract
@@ -40,12 +42,14 @@ __all__ = [
     "KeelError",
     "PayloadTooLargeError",
     "PermanentError",
+    "RequestTimeoutError",
     "SequenceError",
     "ServiceUnavailableError",
     "TransientError",
     "UnknownSchemaError",
     "UpgradeRequiredError",
     "ValidationError",
+    "WrongKeyError",
 ]
 
 
@@ -57,6 +61,10 @@ class KeelError(Exception):
 
 class ConfigurationError(KeelError):
     """Settings, files or command-line input are unusable."""
+
+
+class WrongKeyError(ConfigurationError):
+    """The key or passphrase given does not open an encrypted store (retrying with the same one cannot help)."""
 
 
 class TransientError(KeelError):
@@ -80,6 +88,10 @@ class BackpressureError(TransientError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class RequestTimeoutError(TransientError):
+    """A client took longer than the receiver allows to send its request (HTTP 408); send it again."""
 
 
 class FencedError(TransientError):

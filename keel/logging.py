@@ -1,4 +1,9 @@
-"""Structured JSON logs through structlog, shared by every service and command."""
+"""Structured JSON logs through structlog, shared by every service and command.
+
+Every line carries the `trace_id` and `span_id` of the active OpenTelemetry span (when there is one), so a
+log line leads to its trace and back. Services bind what they know about the work at hand — `tenant`,
+`device`, `schema_version` — with `bind_context` (structlog's context variables, task-local under asyncio).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,31 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["add_trace_ids", "bind_context", "configure_logging", "get_logger"]
+
+
+def add_trace_ids(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor adding `trace_id`/`span_id` of the current OpenTelemetry span, as hex."""
+    del logger, method_name
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event_dict.setdefault("trace_id", format(span_context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(span_context.span_id, "016x"))
+    return event_dict
+
+
+def bind_context(**values: Any) -> None:
+    """Add key/values (tenant, device, schema_version, …) to every log line of the current task from now on."""
+    structlog.contextvars.bind_contextvars(**{key: value for key, value in values.items() if value is not None})
 
 
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """Route structlog and the standard library's logging to stderr, as JSON lines by default."""
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

@@ -88,6 +88,24 @@ class Settings(BaseSettings):
     log_json: bool = True
     otel_exporter: str = Field("none", description="Span exporter: none, console, otlp or memory")
     otel_endpoint: str | None = Field(None, description="OTLP/HTTP traces endpoint when otel_exporter=otlp")
+    otel_record_spans: bool = Field(
+        default=True, description="Projector: a span per record in the op's trace, besides the batch span"
+    )
+    otel_sample_ratio: float = Field(
+        1.0, description="Share of traces recorded where they start; later hops follow (parent-based)"
+    )
+
+    # --- observability (deploy/observability; docs/observability.md)
+    dashboard_host: str = "127.0.0.1"
+    dashboard_refresh_s: float = Field(2.0, description="How often the dashboard reads PostgreSQL and Kafka")
+    gateway_url: str | None = Field(
+        None, description="A gateway's base URL for keel doctor and the dashboard (/healthz, /metrics)"
+    )
+    projector_url: str | None = Field(
+        None, description="A projector's health endpoint base URL for keel doctor and the dashboard"
+    )
+    doctor_sample_s: float = Field(3.0, description="keel doctor: time between two lag readings (progress check)")
+    doctor_dlq_window_s: float = Field(900.0, description="keel doctor: dead letters newer than this mean growth")
 
     # --- gateway (producers/gateway; docs/gateway-api.md)
     gateway_enrollment_secret: str | None = Field(
@@ -113,6 +131,27 @@ class Settings(BaseSettings):
     gateway_register_schemas: bool = Field(default=True, description="Register missing subject versions at start")
     gateway_failpoints: str = Field(
         "", description="Test only: e.g. after-produce=kill (producers/gateway/failpoints.py)"
+    )
+
+    # --- security: tokens, signed ops, checkpoints, field keys (docs/security.md)
+    gateway_token_keys_refresh_s: float = Field(
+        30.0, description="How often a gateway re-reads the shared token signing keys (rotation reaches it then)"
+    )
+    gateway_body_timeout_s: float = Field(
+        10.0, description="Longest time a client may take to send a request body (408 beyond: slow clients)"
+    )
+    require_signed_ops: bool = Field(
+        default=False,
+        description="Refuse unsigned ops from every device (else only devices that registered a key must sign)",
+    )
+    audit_checkpoint_key_file: Path | None = Field(
+        None, description="Ed25519 PEM private key signing audit checkpoints (keel audit checkpoint)"
+    )
+    audit_checkpoint_interval_s: float = Field(
+        0.0, description="Projector: write a signed checkpoint this often when a checkpoint key is set; 0 = never"
+    )
+    field_keys_file: Path | None = Field(
+        None, description="Keyring (JSON) for payload fields marked keel.sensitive; unset = stored in clear"
     )
 
     # --- projector (consumers/, projections/; docs/projections.md)

@@ -175,6 +175,8 @@ class EnrollRequest(_Strict):
     enrollment_secret: str
     device_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
     label: str = Field(default="", max_length=200)
+    # The device's Ed25519 public key (32 bytes, hex): its ops must then be signed (docs/security.md).
+    public_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class EnrollResponse(_Strict):
@@ -214,6 +216,7 @@ class HandshakeResponse(_Strict):
     server_time_ms: int
     head_seq: int
     limits: Limits
+    head_hash: str | None = None  # chain hash at head_seq (signed devices): a restored device chains from it
 
 
 # ---------------------------------------------------------------- push
@@ -225,15 +228,24 @@ class AbandonedSeq(_Strict):
     seq: int = Field(ge=1)
     event_id: str
     reason: str = Field(max_length=1000)
+    # The abandoned op's signed chain link (docs/security.md), so the device's chain continues past it.
+    prev_hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    hash: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    signature: str | None = Field(default=None, pattern=r"^[0-9a-f]{128}$")
 
 
 class PushRequest(BaseModel):
-    """A batch of ops in device_seq order; each is validated on its own so one bad op fails alone."""
+    """A batch of ops in device_seq order; each is validated on its own so one bad op fails alone.
+
+    `traces` maps a seq to the W3C traceparent of its op's capture: the gateway continues each op's own
+    trace (one push carries ops of many traces; the request's `traceparent` header is the push's own).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     ops: list[dict[str, Any]] = Field(default_factory=list)
     abandoned: list[AbandonedSeq] = Field(default_factory=list)
+    traces: dict[int, str] = Field(default_factory=dict)
 
 
 class Rejection(_Strict):
@@ -273,6 +285,7 @@ class PageEntry(_Strict):
     event: WireEvent | None = None
     cautions: list[str] = Field(default_factory=list)
     notice: dict[str, Any] | None = None
+    trace: str | None = None  # W3C traceparent of the change's projection: the device's apply links to it
 
     @property
     def entry_id(self) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from projections.chain_heads import ChainEntry
 from projections.conflict_rules import ConflictRules, Decision, EntityState, WriteStamp, apply_event
 from projections.decisions import decision_to_json
 from projections.outbox import OutboxEntry, OutboxKind, event_body
@@ -20,6 +21,7 @@ from schemas.envelope import ChangeEvent
 
 __all__ = [
     "BatchOutcome",
+    "ConflictNote",
     "DedupSplit",
     "EntityKey",
     "MergedBatch",
@@ -69,6 +71,8 @@ class SourcedEvent:
     position: SourcePosition
     schema_id: int | None = None
     cautions: tuple[str, ...] = ()
+    trace: str | None = None  # W3C traceparent of the record's processing, kept with its outbox rows
+    chain: tuple[ChainEntry, ...] = ()  # signed devices: the verified links this record brings (chain_heads.py)
 
     @property
     def entity_key(self) -> EntityKey:
@@ -110,14 +114,26 @@ class ProjectionBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ConflictNote:
+    """A decision a commit recorded for the first time, for metrics: where, by which rule, and since when."""
+
+    entity_type: str
+    field: str
+    rule: str
+    first_write_ms: int  # HLC physical time of the earlier write of the pair (the device's clock)
+
+
+@dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """What a commit did; with `replayed` set nothing was committed (dead-letter those, then retry)."""
+    """What a commit did; with `replayed` or `refused` set nothing was committed (dead-letter those, retry)."""
 
     committed: bool
     applied: int = 0
     duplicates: int = 0
     decisions: int = 0
     replayed: tuple[SourcedEvent, ...] = ()
+    conflicts: tuple[ConflictNote, ...] = ()  # the new decisions among `decisions`
+    refused: tuple[tuple[SourcedEvent, str], ...] = ()  # links contradicting the chain: dead-letter, then retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +178,26 @@ class MergedBatch:
     states: dict[EntityKey, EntityState] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
+    first_write_ms: dict[str, int] = field(default_factory=dict)  # decision id → earlier write of its pair
+
+    def conflict_notes(self, decision_ids: Iterable[str] | None = None) -> tuple[ConflictNote, ...]:
+        """Notes of the decisions (all, or those in `decision_ids`: the ones a store inserted for the first time)."""
+        wanted = None if decision_ids is None else set(decision_ids)
+        return tuple(
+            ConflictNote(d.entity_type, d.field, d.rule, self.first_write_ms.get(d.decision_id, 0))
+            for d in self.decisions
+            if wanted is None or d.decision_id in wanted
+        )
+
+
+def _first_write_ms(before: EntityState | None, event: ChangeEvent, decision: Decision) -> int:
+    """The HLC physical time of the earlier write of a decision's pair (the other one is in `before`'s history)."""
+    earliest = event.hlc.physical_ms
+    pair = {decision.winner_event_id, decision.loser_event_id} - {event.event_id}
+    for record in before.history if before is not None else ():
+        if record.event_id in pair:
+            earliest = min(earliest, record.hlc.physical_ms)
+    return earliest
 
 
 def merge_batch(
@@ -175,7 +211,8 @@ def merge_batch(
     decisions: dict[str, Decision] = {}
     for sourced in events:
         event = sourced.event
-        outcome = apply_event(current.get(sourced.entity_key), event, rules)
+        before = current.get(sourced.entity_key)
+        outcome = apply_event(before, event, rules)
         current[sourced.entity_key] = outcome.state
         merged.states[sourced.entity_key] = outcome.state
         merged.outbox.append(
@@ -187,6 +224,7 @@ def merge_batch(
                 event.entity_id,
                 event.event_id,
                 event_body(event),
+                sourced.trace,
             )
         )
         if sourced.cautions:
@@ -199,12 +237,14 @@ def merge_batch(
                     event.entity_id,
                     event.event_id,
                     {"event_id": event.event_id, "cautions": list(sourced.cautions)},
+                    sourced.trace,
                 )
             )
         for decision in outcome.decisions:
             if decision.decision_id in decisions:
                 continue
             decisions[decision.decision_id] = decision
+            merged.first_write_ms[decision.decision_id] = _first_write_ms(before, event, decision)
             if decision.loser_device_id:
                 merged.outbox.append(
                     OutboxEntry(
@@ -215,6 +255,7 @@ def merge_batch(
                         decision.entity_id,
                         decision.loser_event_id,
                         decision_to_json(decision),
+                        sourced.trace,
                     )
                 )
     merged.decisions = sorted(decisions.values(), key=lambda d: d.decision_id)

@@ -83,6 +83,7 @@ class OutboxEntry:
     entity_id: str | None
     event_id: str | None
     body: Mapping[str, Any]
+    trace: str | None = None  # W3C traceparent of the change's processing: deliveries link to it
 
 
 @dataclass(frozen=True, slots=True)

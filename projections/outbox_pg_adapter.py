@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from projections.field_encryption import FieldCipher, default_field_cipher
 from projections.outbox import Cursor, FeedItem, OutboxEntry, OutboxKind, Page
 from projections.pg_adapter import Pool, pg_errors
 from projections.sql_migrations import in_schema
@@ -19,7 +20,7 @@ __all__ = ["PgOutbox"]
 
 _HORIZON = "SELECT pruned_tx::text AS tx, pruned_pos AS pos FROM {schema}.outbox_horizons WHERE tenant_id = $1"
 _READ = (
-    "SELECT tx::text AS tx, pos, device_id, kind, entity_type, entity_id, event_id, body, "
+    "SELECT tx::text AS tx, pos, device_id, kind, entity_type, entity_id, event_id, body, trace, "
     "(extract(epoch FROM created_at) * 1000)::bigint AS created_ms FROM {schema}.outbox "
     "WHERE tenant_id = $1 AND (device_id IS NULL OR device_id = $2) AND (tx, pos) > ($3::text::xid8, $4::bigint) "
     "AND tx < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx, pos LIMIT $5"
@@ -55,8 +56,9 @@ def _cursor(row: Any) -> Cursor | None:
 class PgOutbox:
     """The outbox tables of one schema."""
 
-    def __init__(self, pool: Pool, schema: str) -> None:
+    def __init__(self, pool: Pool, schema: str, *, cipher: FieldCipher | None = None) -> None:
         self._pool = pool
+        self._cipher = cipher if cipher is not None else default_field_cipher()  # sensitive payload fields
         self._sql = {
             name: in_schema(text, schema)
             for name, text in {
@@ -82,11 +84,11 @@ class PgOutbox:
             if horizon is not None and after < horizon:
                 return Page((), after.encode(), resync_required=True)
             rows = await connection.fetch(self._sql["read"], tenant_id, device_id, str(after.tx), after.pos, limit)
-        items = tuple(self._item(tenant_id, row) for row in rows)
+        items = tuple(self._item(tenant_id, row, self._cipher) for row in rows)
         return Page(items, (items[-1].cursor if items else after).encode())
 
     @staticmethod
-    def _item(tenant_id: str, row: Any) -> FeedItem:
+    def _item(tenant_id: str, row: Any, cipher: FieldCipher) -> FeedItem:
         entry = OutboxEntry(
             tenant_id,
             row["device_id"],
@@ -94,7 +96,8 @@ class PgOutbox:
             row["entity_type"],
             row["entity_id"],
             row["event_id"],
-            row["body"],
+            cipher.open_body(row["body"]),
+            row["trace"],
         )
         return FeedItem(Cursor(int(row["tx"]), int(row["pos"])), entry, int(row["created_ms"]))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -33,9 +33,11 @@ from projections.batch import (
     split_by_dedup,
     stamp_text,
 )
+from projections.chain_heads_pg_adapter import PgChainBook
 from projections.conflict_rules import ConflictRules, Decision, EntityState
 from projections.decisions import DecisionRecord
 from projections.entity_tables import EntityTable, entity_tables
+from projections.field_encryption import FieldCipher, default_field_cipher
 from projections.outbox import OutboxEntry
 from projections.pg_adapter import Connection, Pool, connect_pool, pg_errors
 from projections.sql_migrations import in_schema, quote_ident
@@ -76,12 +78,13 @@ _INSERT_DECISIONS = (
     "winner_event_id, winner_device_id, winner_value, loser_event_id, loser_device_id, loser_value, explanation) "
     "SELECT i, t, et, ei, f, r, we, wd, wv::jsonb, le, ld, lv::jsonb, x FROM unnest($1::text[], $2::text[], "
     "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
-    "$12::text[], $13::text[]) AS u(i, t, et, ei, f, r, we, wd, wv, le, ld, lv, x) ON CONFLICT DO NOTHING"
+    "$12::text[], $13::text[]) AS u(i, t, et, ei, f, r, we, wd, wv, le, ld, lv, x) ON CONFLICT DO NOTHING "
+    "RETURNING decision_id"
 )
 _INSERT_OUTBOX = (
-    "INSERT INTO {schema}.outbox (tenant_id, device_id, kind, entity_type, entity_id, event_id, body) "
-    "SELECT t, d, k, et, ei, ev, b FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
-    "$6::text[], $7::jsonb[]) WITH ORDINALITY AS u(t, d, k, et, ei, ev, b, n) ORDER BY n"
+    "INSERT INTO {schema}.outbox (tenant_id, device_id, kind, entity_type, entity_id, event_id, body, trace) "
+    "SELECT t, d, k, et, ei, ev, b, tr FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+    "$6::text[], $7::jsonb[], $8::text[]) WITH ORDINALITY AS u(t, d, k, et, ei, ev, b, tr, n) ORDER BY n"
 )
 # resolved_by mirrors projections.decisions.resolutions (the contract test checks they agree).
 _DECISIONS = (
@@ -164,22 +167,23 @@ class _TableSql:
             "ORDER BY tenant_id, entity_id"
         )
 
-    def update_rows(self, states: Sequence[EntityState]) -> list[tuple[Any, ...]]:
+    def update_rows(self, states: Sequence[EntityState], cipher: FieldCipher) -> list[tuple[Any, ...]]:
         defaults = self.table.defaults()
         rows = []
         for state in states:
             visible = state.visible(defaults)
             newest = state.newest_stamp
+            where = (state.tenant_id, self.table.entity, state.entity_id)
             rows.append(
                 (
                     state.tenant_id,
                     state.entity_id,
-                    *self.table.row_values(visible),
+                    *self.table.row_values(cipher.seal_payload(visible, *where)),  # sensitive fields sealed
                     visible is None,
                     stamp_text(newest),
                     newest.device_id if newest else None,
                     newest.event_id if newest else None,
-                    state_to_json(state),
+                    cipher.seal_state(state_to_json(state), *where),
                 )
             )
         return rows
@@ -190,11 +194,25 @@ class _Replayed(Exception):  # noqa: N818 - control flow only: leaves the transa
         self.split = split
 
 
+class _Refused(Exception):  # noqa: N818 - control flow only, like _Replayed
+    def __init__(self, refused: list[tuple[SourcedEvent, str]]) -> None:
+        self.refused = refused
+
+
 class PgProjectionStore:
     """Projections in one PostgreSQL schema (created by `projections.sql_migrator_adapter.migrate`)."""
 
-    def __init__(self, pool: Pool, schema: str, *, rules: ConflictRules | None = None, owns_pool: bool = False) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        schema: str,
+        *,
+        rules: ConflictRules | None = None,
+        owns_pool: bool = False,
+        cipher: FieldCipher | None = None,
+    ) -> None:
         self._pool = pool
+        self._cipher = cipher if cipher is not None else default_field_cipher()  # sensitive payload fields
         self.schema = schema
         self._sql = {
             "load_offsets": in_schema(_LOAD_OFFSETS, schema),
@@ -210,6 +228,7 @@ class PgProjectionStore:
         self._rules = rules or ConflictRules()
         self._owns_pool = owns_pool
         self._tables = {name: _TableSql(schema, table) for name, table in entity_tables().items()}
+        self._chains = PgChainBook(schema)
 
     @classmethod
     async def connect(
@@ -248,12 +267,18 @@ class PgProjectionStore:
                 return await self._apply(connection, batch)
         except _Replayed as replayed:
             return BatchOutcome(committed=False, replayed=replayed.split.replayed)
+        except _Refused as refused:
+            return BatchOutcome(committed=False, refused=tuple(refused.refused))
 
     async def _apply(self, connection: Connection, batch: ProjectionBatch) -> BatchOutcome:
         await self._advance_offsets(connection, batch)
         split = split_by_dedup(batch.events, await self._known_ops(connection, batch.events))
         if split.replayed:
             raise _Replayed(split)
+        # Signed devices' chain links, checked and recorded before any entity row is locked (docs/security.md).
+        refused = await self._chains.judge_and_record(connection, [(s, s.chain) for s in split.fresh if s.chain])
+        if refused:
+            raise _Refused(refused)
         await self._record_ops(connection, split.fresh)
         merged = merge_batch(await self._lock_states(connection, split.fresh), split.fresh, self._rules)
         by_type: dict[str, list[EntityState]] = defaultdict(list)
@@ -261,11 +286,15 @@ class PgProjectionStore:
             by_type[entity_type].append(state)
         for entity_type, states in by_type.items():
             table = self._table(entity_type)
-            await connection.executemany(table.update, table.update_rows(states))
-        new_decisions = await self._insert_decisions(connection, merged.decisions)
+            await connection.executemany(table.update, table.update_rows(states, self._cipher))
+        inserted = await self._insert_decisions(connection, merged.decisions)
         await self._insert_outbox(connection, [*merged.outbox, *rejection_entries(batch.rejections)])
         return BatchOutcome(
-            committed=True, applied=len(split.fresh), duplicates=len(split.duplicates), decisions=new_decisions
+            committed=True,
+            applied=len(split.fresh),
+            duplicates=len(split.duplicates),
+            decisions=len(inserted),
+            conflicts=merged.conflict_notes(inserted),
         )
 
     async def _advance_offsets(self, connection: Connection, batch: ProjectionBatch) -> None:
@@ -342,15 +371,14 @@ class PgProjectionStore:
             for row in await connection.fetch(table.lock, tenants, ids):
                 raw = row["state"]
                 key = (entity_type, row["tenant_id"], row["entity_id"])
-                states[key] = (
-                    None if raw is None else state_from_json(row["tenant_id"], entity_type, row["entity_id"], raw)
-                )
+                states[key] = None if raw is None else self._state(row["tenant_id"], entity_type, row["entity_id"], raw)
         return states
 
-    async def _insert_decisions(self, connection: Connection, decisions: Sequence[Decision]) -> int:
+    async def _insert_decisions(self, connection: Connection, decisions: Sequence[Decision]) -> list[str]:
+        """Ids of the decisions inserted now (those recorded before are left as they are)."""
         if not decisions:
-            return 0
-        status = await connection.execute(
+            return []
+        rows = await connection.fetch(
             self._sql["insert_decisions"],
             [d.decision_id for d in decisions],
             [d.tenant_id for d in decisions],
@@ -360,13 +388,13 @@ class PgProjectionStore:
             [d.rule for d in decisions],
             [d.winner_event_id for d in decisions],
             [d.winner_device_id for d in decisions],
-            [_json_text(d.winner_value) for d in decisions],
+            [_json_text(self._decided_value(d, d.winner_value, seal=True)) for d in decisions],
             [d.loser_event_id for d in decisions],
             [d.loser_device_id for d in decisions],
-            [_json_text(d.loser_value) for d in decisions],
+            [_json_text(self._decided_value(d, d.loser_value, seal=True)) for d in decisions],
             [d.explanation for d in decisions],
         )
-        return _affected(status)
+        return [str(row["decision_id"]) for row in rows]
 
     async def _insert_outbox(self, connection: Connection, entries: Sequence[OutboxEntry]) -> None:
         if not entries:
@@ -379,14 +407,15 @@ class PgProjectionStore:
             [e.entity_type for e in entries],
             [e.entity_id for e in entries],
             [e.event_id for e in entries],
-            [dict(e.body) for e in entries],
+            [self._cipher.seal_body(e.body) for e in entries],
+            [e.trace for e in entries],
         )
 
     async def entity_state(self, entity_type: str, tenant_id: str, entity_id: str) -> EntityState | None:
         """One merged state."""
         async with pg_errors("read state"), self._pool.acquire() as connection:
             raw = await connection.fetchval(self._table(entity_type).state, tenant_id, entity_id)
-        return None if raw is None else state_from_json(tenant_id, entity_type, entity_id, raw)
+        return None if raw is None else self._state(tenant_id, entity_type, entity_id, raw)
 
     async def visible_rows(self, entity_type: str, tenant_id: str | None = None) -> list[VisibleRow]:
         """Live entities read back from the typed columns, in payload form."""
@@ -399,14 +428,39 @@ class PgProjectionStore:
         """`visible_rows` on a given connection (inside the caller's transaction and snapshot)."""
         table = self._table(entity_type)
         rows = await connection.fetch(table.visible, tenant_id)
-        return [(row["tenant_id"], row["entity_id"], table.table.payload_from_row(row)) for row in rows]
+        return [
+            (
+                row["tenant_id"],
+                row["entity_id"],
+                self._cipher.open_payload(
+                    table.table.payload_from_row(row), row["tenant_id"], entity_type, row["entity_id"]
+                ),
+            )
+            for row in rows
+        ]
 
-    @staticmethod
-    def _record(row: Any) -> DecisionRecord:
+    def _state(self, tenant_id: str, entity_type: str, entity_id: str, raw: Any) -> EntityState:
+        """A stored state, its sensitive values opened."""
+        opened = self._cipher.open_state(raw, tenant_id, entity_type, entity_id)
+        return state_from_json(tenant_id, entity_type, entity_id, opened)
+
+    def _decided_value(self, decision: Decision, value: Any, *, seal: bool) -> Any:
+        """A decision's winner or loser value, sealed (or opened) when its field is sensitive."""
+        if decision.field not in self._cipher.fields_of(decision.entity_type):
+            return value
+        where = f"{decision.tenant_id}|{decision.entity_type}|{decision.entity_id}|{decision.field}"
+        return self._cipher.seal(value, where) if seal else self._cipher.open(value, where)
+
+    def _record(self, row: Any) -> DecisionRecord:
         decision = Decision(
             **{name: row[name] for name in Decision.__dataclass_fields__}  # columns are named like the fields
         )
-        return DecisionRecord(decision, int(row["decided_ms"]), row["resolved_by"])
+        opened = replace(
+            decision,
+            winner_value=self._decided_value(decision, decision.winner_value, seal=False),
+            loser_value=self._decided_value(decision, decision.loser_value, seal=False),
+        )
+        return DecisionRecord(opened, int(row["decided_ms"]), row["resolved_by"])
 
     async def decisions(
         self, *, tenant_id: str | None = None, entity_id: str | None = None, limit: int = 100

@@ -27,6 +27,7 @@ from projections.batch import (
     rejection_entries,
     split_by_dedup,
 )
+from projections.chain_heads import InMemoryChainBook
 from projections.conflict_rules import ConflictRules, Decision, EntityState
 from projections.decisions import DecisionRecord, resolutions
 from projections.entity_tables import entity_tables
@@ -81,6 +82,7 @@ class InMemoryProjectionStore:
     states: dict[EntityKey, EntityState] = field(default_factory=dict)
     decided: dict[str, tuple[Decision, int]] = field(default_factory=dict)
     outbox: InMemoryOutbox = field(default_factory=InMemoryOutbox)
+    chains: InMemoryChainBook = field(default_factory=InMemoryChainBook)
     available: bool = True
     commits: int = 0
 
@@ -108,6 +110,9 @@ class InMemoryProjectionStore:
         split = split_by_dedup(batch.events, self.applied)
         if split.replayed:
             return BatchOutcome(committed=False, replayed=split.replayed)
+        refused = self.chains.judge_and_record([(s, s.chain) for s in split.fresh if s.chain])
+        if refused:
+            return BatchOutcome(committed=False, refused=tuple(refused))
         touched = {sourced.entity_key for sourced in split.fresh}
         merged = merge_batch({key: self.states.get(key) for key in touched}, split.fresh, self.rules)
         for advance in batch.advances:
@@ -116,15 +121,19 @@ class InMemoryProjectionStore:
             self.applied[sourced.event.dedup_key] = sourced.event.event_id
         self.states.update(merged.states)
         now = time.time_ns() // 1_000_000
-        new_decisions = 0
+        inserted: list[str] = []
         for decision in merged.decisions:
             if decision.decision_id not in self.decided:
                 self.decided[decision.decision_id] = (decision, now)
-                new_decisions += 1
+                inserted.append(decision.decision_id)
         self.outbox.append([*merged.outbox, *rejection_entries(batch.rejections)])
         self.commits += 1
         return BatchOutcome(
-            committed=True, applied=len(split.fresh), duplicates=len(split.duplicates), decisions=new_decisions
+            committed=True,
+            applied=len(split.fresh),
+            duplicates=len(split.duplicates),
+            decisions=len(inserted),
+            conflicts=merged.conflict_notes(inserted),
         )
 
     async def entity_state(self, entity_type: str, tenant_id: str, entity_id: str) -> EntityState | None:

@@ -51,6 +51,7 @@ class FieldSpec:
     aliases: tuple[str, ...]
     deprecated: bool
     doc: str
+    sensitive: bool = False  # "keel.sensitive": true — encrypted at rest in the projections (docs/security.md)
 
     @property
     def enum_symbols(self) -> tuple[str, ...] | None:
@@ -94,6 +95,7 @@ class EntitySchema:
                     aliases=tuple(raw.get("aliases", ())),
                     deprecated="deprecated" in raw,
                     doc=raw.get("doc", ""),
+                    sensitive=raw.get("keel.sensitive") is True,
                 )
             )
         return tuple(specs)
@@ -170,6 +172,11 @@ class Catalog:
             expected = list(range(1, len(versions) + 1))
             if sorted(versions) != expected:
                 raise ConfigurationError(f"{entity}: versions must be 1..N without gaps, found {sorted(versions)}")
+            for schema in versions.values():
+                # A sensitive value is stored as ciphertext text, so only string fields can be sensitive.
+                wrong = [f.name for f in schema.fields if f.sensitive and f.avro_type != "string"]
+                if wrong:
+                    raise ConfigurationError(f"{schema.source}: keel.sensitive fields must be strings: {wrong}")
         policies, default_level = _read_policies(root / "subjects.toml", schemas)
         return cls(schemas, policies, default_level, root)
 
@@ -192,6 +199,10 @@ class Catalog:
         if chosen not in versions:
             raise ConfigurationError(f"{entity} has no schema version {chosen}; known: {sorted(versions)}")
         return versions[chosen]
+
+    def sensitive_fields(self, entity: str) -> frozenset[str]:
+        """Fields of the current version marked `"keel.sensitive": true` (string fields only)."""
+        return frozenset(spec.name for spec in self.schema(entity).fields if spec.sensitive)
 
     def policy(self, entity: str) -> EntityPolicy:
         """Compatibility level and rollout policy of an entity."""

@@ -6,8 +6,10 @@ crash or an unbounded allocation: lengths are checked against the bytes actually
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import struct
+import uuid
 from typing import Any
 
 import fastavro
@@ -15,11 +17,12 @@ from fastavro.validation import validate
 
 from keel.errors import DecodeError, ValidationError
 
-__all__ = ["MAGIC_BYTE", "decode_body", "encode_body", "frame", "unframe", "validate_record"]
+__all__ = ["MAGIC_BYTE", "decode_body", "encode_body", "frame", "to_payload_form", "unframe", "validate_record"]
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
 MAX_RECORD_BYTES = 8 * 1024 * 1024
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def frame(schema_id: int, body: bytes) -> bytes:
@@ -81,3 +84,17 @@ def validate_record(record: dict[str, Any], parsed_schema: Any, *, what: str = "
     except fastavro.validation.ValidationError as error:
         details = "; ".join(str(e) for e in error.errors) if getattr(error, "errors", None) else str(error)
         raise ValidationError(f"{what} fails validation: {details}") from error
+
+
+def to_payload_form(value: Any) -> Any:
+    """Decoder output in payload form: timestamps as epoch milliseconds, UUIDs as text, containers copied."""
+    if isinstance(value, dict):
+        return {key: to_payload_form(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_payload_form(item) for item in value]
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value

@@ -57,6 +57,10 @@ _GATEWAY: dict[str, tuple[str, ...]] = {
     "outbox_horizons": _READ,
     "device_cursors": _READ_WRITE,
     "schema_migrations": _READ,
+    # Security (docs/security.md): token keys are rotated by `keel tokens rotate` or created at start;
+    # device keys are registered at enrolment and rotation; chain heads are read for handshakes.
+    "token_signing_keys": _READ_WRITE,
+    "device_keys": _APPEND,
 }
 _PROJECTOR: dict[str, tuple[str, ...]] = {
     "applied_ops": _APPEND,
@@ -67,13 +71,18 @@ _PROJECTOR: dict[str, tuple[str, ...]] = {
     "outbox_horizons": _READ_WRITE,
     "device_cursors": _READ,
     "schema_migrations": _READ,
+    # Security (docs/security.md): verify signatures, record chains, write periodic checkpoints.
+    "device_keys": _READ,
+    "chain_links": _APPEND,
+    "chain_heads": _READ_WRITE,
+    "audit_checkpoints": _APPEND,
 }
 # Operator tooling (snapshots, rebuild swaps, override sequence) runs as the owner; readonly may look.
 _OWNER_ONLY = ("projection_snapshots",)
 # Columns no role but the owner and the gateway may read.
-_SECRET_COLUMNS: dict[str, tuple[str, ...]] = {"devices": ("secret_sha256",)}
+_SECRET_COLUMNS: dict[str, tuple[str, ...]] = {"devices": ("secret_sha256",), "token_signing_keys": ("private_pem",)}
 # Sequences behind bigserial columns a role inserts into: (table, column) → roles needing USAGE.
-_SERIALS = {("outbox", "pos"): ("projector",)}
+_SERIALS = {("outbox", "pos"): ("projector",), ("audit_checkpoints", "checkpoint_id"): ("projector",)}
 
 _PASSWORD = re.compile(r"^[A-Za-z0-9_-]{24,128}$")
 

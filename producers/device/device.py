@@ -23,8 +23,10 @@ from typing import Any
 import httpx
 
 from keel.errors import ConfigurationError
+from keel.telemetry import configure_telemetry
 from producers.device.gateway_client import GatewayClient
 from producers.device.replica import DEVICE, SECRET, TENANT, ClockReport, Replica
+from producers.device.signing import OpSigner
 from producers.device.sqlite_store_adapter import SqliteDeviceStore
 from producers.device.store import DeviceStore, LoggedOp, OpStatus
 from producers.device.sync_loop import SyncConfig, SyncLoop, SyncState, SyncStats
@@ -57,6 +59,9 @@ class Device:
     """One enrolled device: a replica over a local store plus its sync loop."""
 
     def __init__(self, replica: Replica, client: GatewayClient, config: SyncConfig | None = None) -> None:
+        # Traces must exist to propagate: without a provider an op would carry no trace context at all. The
+        # first configuration in a process wins, so an app that configured its own keeps its name and exporter.
+        configure_telemetry("keel-device")
         self.replica = replica
         self.client = client
         self.sync_loop = SyncLoop(replica, client, config=config)
@@ -80,9 +85,15 @@ class Device:
     ) -> Device:
         """Enroll a new device with the gateway and keep its credentials in the local store."""
         client = GatewayClient(gateway_url, transport=transport)
+        signer = OpSigner.generate()  # the gateway registers its public half: every op is signed with it
         try:
             enrolled = await client.enroll(
-                EnrollRequest(tenant_id=tenant_id, enrollment_secret=enrollment_secret, device_id=device_id)
+                EnrollRequest(
+                    tenant_id=tenant_id,
+                    enrollment_secret=enrollment_secret,
+                    device_id=device_id,
+                    public_key=signer.public_key_hex,
+                )
             )
         except BaseException:
             await client.aclose()
@@ -91,7 +102,10 @@ class Device:
         replica = Replica(
             opened, tenant_id=enrolled.tenant_id, device_id=enrolled.device_id, supported_versions=versions
         )
-        replica.set_meta({SECRET: enrolled.device_secret})
+        with opened.transaction() as tx:
+            tx.set_meta(SECRET, enrolled.device_secret)
+            signer.save(tx)
+        replica.signer = signer
         return cls(replica, client, config)
 
     @classmethod

@@ -3,13 +3,14 @@
 429 → `BackpressureError` (with the server's Retry-After), 413 → `PayloadTooLargeError`, 426 →
 `UpgradeRequiredError`, 401 → `AuthError`, 403 → `ForbiddenError`, 5xx and every network failure
 (refused, reset, timed out, cut mid-body) → `ServiceUnavailableError`. A transport can be injected
-(`httpx.MockTransport`, `httpx.ASGITransport`) for tests without sockets.
+(`httpx.MockTransport`, `httpx.ASGITransport`) for tests without sockets. Every request carries the W3C
+`traceparent` of the caller's current span (the sync loop's push or pull span).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -26,6 +27,7 @@ from keel.errors import (
     UpgradeRequiredError,
     ValidationError,
 )
+from keel.telemetry import trace_headers
 from producers.wire import (
     AbandonedSeq,
     DigestResponse,
@@ -131,6 +133,7 @@ class GatewayClient:
         timeout_s: float | None = None,
     ) -> M:
         headers = {"authorization": f"Bearer {token}"} if token else {}
+        headers.update(trace_headers())
         content = body.model_dump_json(exclude_none=False).encode() if body is not None else None
         if content is not None:
             headers["content-type"] = "application/json"
@@ -161,9 +164,17 @@ class GatewayClient:
         """POST /v1/handshake."""
         return await self._request("POST", "/v1/handshake", HandshakeResponse, body=request)
 
-    async def push(self, token: str, ops: Sequence[WireEvent], abandoned: Sequence[AbandonedSeq] = ()) -> PushResponse:
-        """POST /v1/push."""
-        request = PushRequest(ops=[op.model_dump(mode="json") for op in ops], abandoned=list(abandoned))
+    async def push(
+        self,
+        token: str,
+        ops: Sequence[WireEvent],
+        abandoned: Sequence[AbandonedSeq] = (),
+        traces: Mapping[int, str] | None = None,
+    ) -> PushResponse:
+        """POST /v1/push (`traces`: seq → traceparent of the op's capture)."""
+        request = PushRequest(
+            ops=[op.model_dump(mode="json") for op in ops], abandoned=list(abandoned), traces=dict(traces or {})
+        )
         return await self._request("POST", "/v1/push", PushResponse, token=token, body=request)
 
     async def pull(self, token: str, cursor: str, *, limit: int = 500, wait_s: float = 0.0) -> PullResponse:

@@ -5,6 +5,10 @@ the hybrid logical clock, merges it with `projections.conflict_rules.apply_event
 projector uses) and stores the new state, the op and the clock together. A pulled page is merged the same
 way and the cursor moves in the same transaction, so a crash can neither skip nor repeat a page: a page
 applied twice merges to the same state (the merge is idempotent).
+
+A local write is where an op's trace begins: `keel.device.capture` (a child of the app's current span, if
+any) and its W3C traceparent is stored with the op, so the push, the gateway, the projector and the
+delivery to other devices continue or link to it (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 from keel.errors import ConfigurationError, ValidationError
 from keel.hlc import HlcTimestamp, HybridLogicalClock, wall_clock_ms
+from keel.telemetry import get_tracer, traceparent_of
+from producers.device.signing import OpSigner
 from producers.device.state_codec import dumps_event
 from producers.device.store import DeviceStore, LoggedOp, OpStatus, StoredEntity, StoreTransaction
 from projections.conflict_rules import ConflictRules, EntityState, FieldState, WriteStamp, apply_event
@@ -40,6 +46,7 @@ CURSOR = "pull.cursor"
 SEQ_FLOOR = "seq.floor"
 NEGOTIATED = "versions.negotiated"
 ACKED = "push.acked_seq"
+_tracer = get_tracer("device")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,7 @@ class Replica:
                     raise ConfigurationError(f"this store belongs to {key.split('.')[-1]} {stored!r}, not {value!r}")
             last = tx.get_meta(HLC)
             negotiated = tx.get_meta(NEGOTIATED)
+            self.signer = OpSigner.load(tx)  # None for a device enrolled without a signing key
         self.clock = HybridLogicalClock(device_id, wall, HlcTimestamp.decode(last) if last else HlcTimestamp(0, 0, ""))
         self._negotiated: dict[str, int] = json.loads(negotiated) if negotiated else {}
 
@@ -168,6 +176,25 @@ class Replica:
         return max(candidates, default=None)
 
     def _write(self, entity_type: str, entity_id: str, op: Op, fields: dict[str, Any] | None) -> ChangeEvent:
+        with _tracer.start_as_current_span("keel.device.capture") as span:
+            event = self._write_op(entity_type, entity_id, op, fields, traceparent_of(span))
+            span.set_attributes(
+                {
+                    "keel.tenant": event.tenant_id,
+                    "keel.device": event.device_id,
+                    "keel.device_seq": event.device_seq,
+                    "keel.event_id": event.event_id,
+                    "keel.entity_type": event.entity_type,
+                    "keel.entity_id": event.entity_id,
+                    "keel.op": event.op.value,
+                    "keel.schema_version": event.schema_version,
+                }
+            )
+            return event
+
+    def _write_op(
+        self, entity_type: str, entity_id: str, op: Op, fields: dict[str, Any] | None, trace: str | None
+    ) -> ChangeEvent:
         version = self.local_version(entity_type)
         defaults = self._defaults(entity_type, version)
         if not entity_id or len(entity_id) > 200:
@@ -196,9 +223,11 @@ class Replica:
                 changed_fields=changed,
                 base_hlc=self._base_hlc(state),
             )
+            if self.signer is not None:
+                event = self.signer.seal_in(tx, event)  # chained, hashed and signed with the op (signing.py)
             merged = apply_event(state, event, self.rules).state
             tx.save_entity(StoredEntity(merged, merged.visible(defaults)))
-            tx.append_op(event, len(dumps_event(event).encode()), self._wall())
+            tx.append_op(event, len(dumps_event(event).encode()), self._wall(), trace=trace)
             tx.set_meta(HLC, self.clock.last().encode())
         return event
 
@@ -291,12 +320,17 @@ class Replica:
             tx.set_status(moved, OpStatus.PENDING)
         return len(moved)
 
-    def raise_seq_floor(self, head_seq: int) -> None:
-        """Never allocate a seq at or below the gateway's head (a store restored from an old backup)."""
+    def raise_seq_floor(self, head_seq: int, head_hash: str | None = None) -> None:
+        """Never allocate a seq at or below the gateway's head (a store restored from an old backup).
+
+        A store behind the gateway also chains its next op after the gateway's head hash.
+        """
         with self.store.transaction() as tx:
             floor = tx.get_meta(SEQ_FLOOR)
             if head_seq > (int(floor) if floor else 0):
                 tx.set_meta(SEQ_FLOOR, str(head_seq))
+            if head_seq > tx.last_logged_seq():
+                OpSigner.adopt_head(tx, head_hash)
 
     # ------------------------------------------------------------ handshake results and the clock
 

@@ -38,12 +38,14 @@ CREATE TABLE IF NOT EXISTS op_log (
     reason        TEXT,
     size_bytes    INTEGER NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    event         TEXT NOT NULL
+    event         TEXT NOT NULL,
+    trace         TEXT
 );
 CREATE INDEX IF NOT EXISTS op_log_by_status ON op_log (status, seq);
 CREATE INDEX IF NOT EXISTS op_log_by_entity ON op_log (entity_type, entity_id, seq);
 """
 _LAST_SEQ = "store.last_logged_seq"
+_OP_COLUMNS = "event, status, size_bytes, created_at_ms, reason, code, trace"
 
 
 class _SqliteTransaction:
@@ -108,14 +110,14 @@ class _SqliteTransaction:
         stored = self.get_meta(_LAST_SEQ)
         return int(stored) if stored is not None else 0
 
-    def append_op(self, event: ChangeEvent, size_bytes: int, created_at_ms: int) -> None:
+    def append_op(self, event: ChangeEvent, size_bytes: int, created_at_ms: int, trace: str | None = None) -> None:
         """Add a pending op and raise the logged-seq counter in the same transaction."""
         last = self.last_logged_seq()
         if event.device_seq <= last:
             raise SequenceError(f"seq {event.device_seq} is not above the last logged seq {last}")
         self._db.execute(
-            "INSERT INTO op_log (seq, event_id, entity_type, entity_id, status, size_bytes, created_at_ms, event) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO op_log (seq, event_id, entity_type, entity_id, status, size_bytes, created_at_ms, event, "
+            "trace) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.device_seq,
                 event.event_id,
@@ -125,6 +127,7 @@ class _SqliteTransaction:
                 size_bytes,
                 created_at_ms,
                 dumps_event(event),
+                trace,
             ),
         )
         self.set_meta(_LAST_SEQ, str(event.device_seq))
@@ -132,8 +135,7 @@ class _SqliteTransaction:
     def ops(self, status: OpStatus, *, after_seq: int = 0, limit: int | None = None) -> list[LoggedOp]:
         """Ops in a status, seq order."""
         rows = self._db.execute(
-            "SELECT event, status, size_bytes, created_at_ms, reason, code FROM op_log "
-            "WHERE status = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT {_OP_COLUMNS} FROM op_log WHERE status = ? AND seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
             (status.value, after_seq, -1 if limit is None else limit),
         )
         return [_op(row) for row in rows]
@@ -141,8 +143,7 @@ class _SqliteTransaction:
     def ops_for_entity(self, entity_type: str, entity_id: str) -> list[LoggedOp]:
         """Every op of one entity."""
         rows = self._db.execute(
-            "SELECT event, status, size_bytes, created_at_ms, reason, code FROM op_log "
-            "WHERE entity_type = ? AND entity_id = ? ORDER BY seq",
+            f"SELECT {_OP_COLUMNS} FROM op_log WHERE entity_type = ? AND entity_id = ? ORDER BY seq",  # noqa: S608
             (entity_type, entity_id),
         )
         return [_op(row) for row in rows]
@@ -170,8 +171,8 @@ def _entity(entity_type: str, row: tuple[Any, ...]) -> StoredEntity:
 
 
 def _op(row: tuple[Any, ...]) -> LoggedOp:
-    event, status, size_bytes, created_at_ms, reason, code = row
-    return LoggedOp(loads_event(event), OpStatus(status), int(size_bytes), int(created_at_ms), reason, code)
+    event, status, size_bytes, created_at_ms, reason, code, trace = row
+    return LoggedOp(loads_event(event), OpStatus(status), int(size_bytes), int(created_at_ms), reason, code, trace)
 
 
 class SqliteDeviceStore:
@@ -189,6 +190,9 @@ class SqliteDeviceStore:
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.executescript(_SCHEMA)
+        columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(op_log)")}
+        if "trace" not in columns:  # a store created before ops kept their trace context
+            self._db.execute("ALTER TABLE op_log ADD COLUMN trace TEXT")
         existing = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'entity_%'")
         self._tables = {str(name) for (name,) in existing}
 

@@ -60,6 +60,7 @@ class LoggedOp:
     created_at_ms: int
     reason: str | None = None
     code: str | None = None
+    trace: str | None = None  # W3C traceparent of the capture span: the op's trace continues from it
 
     @property
     def seq(self) -> int:
@@ -108,8 +109,8 @@ class StoreTransaction(Protocol):
         """Every entity of a type (live and deleted), in entity-id order."""
         ...
 
-    def append_op(self, event: ChangeEvent, size_bytes: int, created_at_ms: int) -> None:
-        """Add a pending op; SequenceError unless its seq is greater than every seq ever logged."""
+    def append_op(self, event: ChangeEvent, size_bytes: int, created_at_ms: int, trace: str | None = None) -> None:
+        """Add a pending op (with the traceparent of its capture); SequenceError unless its seq is the highest yet."""
         ...
 
     def ops(self, status: OpStatus, *, after_seq: int = 0, limit: int | None = None) -> list[LoggedOp]:
@@ -188,11 +189,11 @@ class _MemoryTransaction:
         raise_if_bad_entity_type(entity_type)
         return [e for (kind, _), e in sorted(self.data.entities.items()) if kind == entity_type]
 
-    def append_op(self, event: ChangeEvent, size_bytes: int, created_at_ms: int) -> None:
+    def append_op(self, event: ChangeEvent, size_bytes: int, created_at_ms: int, trace: str | None = None) -> None:
         """Add a pending op."""
         if event.device_seq <= self.data.last_seq:
             raise SequenceError(f"seq {event.device_seq} is not above the last logged seq {self.data.last_seq}")
-        self.data.ops[event.device_seq] = LoggedOp(event, OpStatus.PENDING, size_bytes, created_at_ms)
+        self.data.ops[event.device_seq] = LoggedOp(event, OpStatus.PENDING, size_bytes, created_at_ms, trace=trace)
         self.data.last_seq = event.device_seq
 
     def ops(self, status: OpStatus, *, after_seq: int = 0, limit: int | None = None) -> list[LoggedOp]:

@@ -8,6 +8,11 @@ Every step is safe to interrupt anywhere (kill -9, a cancelled task, a dropped c
 Transient failures back off exponentially with full jitter under a cap and reset on success; 429 waits
 for the gateway's Retry-After, 413 halves the batch (a single op too large for any request is quarantined
 and reported to the gateway as abandoned, so its seq cannot block the queue).
+
+Tracing: a push is one `keel.device.push` span linked to the capture span of every op it carries (each op
+sends its own traceparent along, so the gateway continues the op's trace); a pull is `keel.device.pull`, and
+applying its page is `keel.device.apply`, linked to the projection span of each change it applies.
+`SyncStats.retries` and `backoff_s` count what the loop retried and how long it waited.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from opentelemetry.trace import Link, SpanKind
+
 from keel.backoff import Backoff
 from keel.errors import (
     AuthError,
@@ -35,9 +42,11 @@ from keel.errors import (
     UpgradeRequiredError,
 )
 from keel.hlc import wall_clock_ms
-from keel.logging import get_logger
+from keel.logging import bind_context, get_logger
+from keel.telemetry import context_from_traceparent, get_tracer, links_from
 from producers.device.divergence import DivergenceRepair
 from producers.device.gateway_client import GatewayClient
+from producers.device.metrics import DeviceMetrics
 from producers.device.replica import SECRET, Replica
 from producers.device.store import LoggedOp, OpStatus
 from producers.wire import (
@@ -54,6 +63,8 @@ from schemas.migrations import NOTHING_VISIBLE
 __all__ = ["LOCAL_ABANDON_CODE", "SyncConfig", "SyncLoop", "SyncState", "SyncStats"]
 
 _log = get_logger("device.sync")
+_tracer = get_tracer("device")
+_metrics = DeviceMetrics()
 T = TypeVar("T")
 LOCAL_ABANDON_CODE = "too-large"
 
@@ -104,6 +115,8 @@ class SyncStats:
     backpressure_waits: int = 0
     batch_splits: int = 0
     transient_failures: int = 0
+    retries: int = 0  # steps retried after a failure (backpressure waits and back-offs alike)
+    backoff_s: float = 0.0  # total time waited before those retries
 
 
 class SyncLoop:
@@ -163,7 +176,7 @@ class SyncLoop:
         response = await self.client.handshake(request)
         received_at = wall_clock_ms()
         report = self.replica.record_handshake(response.versions, response.server_time_ms, sent_at, received_at)
-        self.replica.raise_seq_floor(response.head_seq)
+        self.replica.raise_seq_floor(response.head_seq, response.head_hash)
         self._token = response.token
         lifetime_s = max(1.0, (response.token_expires_at_ms - response.server_time_ms) / 1000)
         self._token_renew_at = time.monotonic() + lifetime_s * 0.8
@@ -208,7 +221,18 @@ class SyncLoop:
             for op in self.replica.quarantined()
             if op.code == LOCAL_ABANDON_CODE and op.seq > acked and (not batch or op.seq < batch[-1].seq)
         ]
-        return [AbandonedSeq(seq=op.seq, event_id=op.event.event_id, reason=op.reason or "") for op in local]
+        return [
+            AbandonedSeq(
+                seq=op.seq,
+                event_id=op.event.event_id,
+                reason=op.reason or "",
+                # The op's signed link, so the device's chain continues past the seq (docs/security.md).
+                prev_hash=op.event.prev_hash.hex() if op.event.prev_hash else None,
+                hash=op.event.hash.hex() if op.event.hash else None,
+                signature=op.event.signature.hex() if op.event.signature else None,
+            )
+            for op in local
+        ]
 
     async def push_once(self) -> bool:
         """Send one batch of pending ops; False when there was nothing to send."""
@@ -219,23 +243,31 @@ class SyncLoop:
             if not batch and not abandoned:
                 return False
             ops = [WireEvent.of(op.event) for op in batch]
-            try:
-                response = await self._authorized(lambda token: self.client.push(token, ops, abandoned))
-            except PayloadTooLargeError as error:
-                self.stats.batch_splits += 1
-                if len(batch) <= 1:
-                    reason = f"the op is larger than the gateway accepts in one request: {error}"
-                    self.replica.quarantine(batch[0].seq, LOCAL_ABANDON_CODE, reason)
-                    self.stats.ops_quarantined += 1
-                else:
-                    self._ops_limit = max(1, len(batch) // 2)
-                return True
+            traces = {op.seq: op.trace for op in batch if op.trace}
+            with _tracer.start_as_current_span(
+                "keel.device.push",
+                kind=SpanKind.CLIENT,
+                links=_links(traces.values()),
+                attributes={"keel.device": self.replica.device_id, "keel.push.ops": len(batch)},
+            ):
+                try:
+                    response = await self._authorized(lambda token: self.client.push(token, ops, abandoned, traces))
+                except PayloadTooLargeError as error:
+                    self.stats.batch_splits += 1
+                    if len(batch) <= 1:
+                        reason = f"the op is larger than the gateway accepts in one request: {error}"
+                        self.replica.quarantine(batch[0].seq, LOCAL_ABANDON_CODE, reason)
+                        self.stats.ops_quarantined += 1
+                    else:
+                        self._ops_limit = max(1, len(batch) // 2)
+                    return True
             # Additive increase after a success, halving on 413 (AIMD): the limit settles under the gateway's.
             self._ops_limit = min(self.config.max_batch_ops, self._ops_limit + max(1, self._ops_limit // 4))
             rejected = {r.seq: (r.code, r.reason) for r in response.rejections}
             outcome = self.replica.record_acknowledgement([op.seq for op in batch], response.acked_seq, rejected)
             self.stats.pushes += 1
             self.stats.ops_acknowledged += outcome.sent
+            _metrics.pushed(outcome.sent)
             self.stats.ops_quarantined += outcome.quarantined
             self.stats.duplicates_acknowledged += len(response.duplicates)
             if response.gap is not None:
@@ -277,23 +309,24 @@ class SyncLoop:
     async def pull_once(self, wait_s: float = 0.0) -> int:
         """Pull one page (long-polling up to `wait_s`), verify it and apply it; how many entries it held."""
         async with self._pull_lock:
-            page = await self._pull_verified(wait_s)
-            self.stats.pulls += 1
-            if page.resync_required:
-                await self._resync(page.next_cursor)
-                return 0
-            events = []
-            for entry in page.entries:
-                if entry.event is None:
-                    self.notices.append(entry)
-                    continue
-                if entry.cautions:
-                    self.cautions.append((entry.event.event_id, list(entry.cautions)))
-                if any(c.startswith(f"{NOTHING_VISIBLE}:") for c in entry.cautions):
-                    continue  # nothing this version can show: applying it would assert every field
-                events.append(entry.event.to_event())
-            self.replica.apply_remote(events, page.next_cursor)
+            with _tracer.start_as_current_span("keel.device.pull", kind=SpanKind.CLIENT) as span:
+                page = await self._pull_verified(wait_s)
+                span.set_attribute("keel.entries", len(page.entries))
+                self.stats.pulls += 1
+                if page.resync_required:
+                    await self._resync(page.next_cursor)
+                    return 0
+                if not page.entries:
+                    self._apply_page(page)  # moves nothing but the cursor: no span of its own
+                else:
+                    with _tracer.start_as_current_span(
+                        "keel.device.apply",
+                        links=_links(entry.trace for entry in page.entries),
+                        attributes={"keel.device": self.replica.device_id, "keel.entries": len(page.entries)},
+                    ):
+                        self._apply_page(page)
             self.stats.entries_applied += len(page.entries)
+            _metrics.applied(len(page.entries))
             if any(entry.kind == "resync" for entry in page.entries):
                 # The server's state changed without feed entries (a rebuild swapped tables): compare and repair.
                 self.stats.resyncs += 1
@@ -303,6 +336,20 @@ class SyncLoop:
             if not page.entries:
                 self._caught_up.set()
             return len(page.entries)
+
+    def _apply_page(self, page: PullResponse) -> None:
+        """Merge a verified page's changes and move the cursor (notices and cautions are kept for the app)."""
+        events = []
+        for entry in page.entries:
+            if entry.event is None:
+                self.notices.append(entry)
+                continue
+            if entry.cautions:
+                self.cautions.append((entry.event.event_id, list(entry.cautions)))
+            if any(c.startswith(f"{NOTHING_VISIBLE}:") for c in entry.cautions):
+                continue  # nothing this version can show: applying it would assert every field
+            events.append(entry.event.to_event())
+        self.replica.apply_remote(events, page.next_cursor)
 
     async def pull_all(self) -> int:
         """Pull until an empty page; how many entries were applied."""
@@ -352,6 +399,7 @@ class SyncLoop:
 
     async def _guarded(self, name: str, step: Callable[[], Awaitable[bool]]) -> None:
         """Run `step` forever; it returns True to go on at once, False to idle. Errors back off or stop."""
+        bind_context(tenant=self.replica.tenant_id, device=self.replica.device_id)
         backoff = self._backoff()
         while True:
             try:
@@ -364,7 +412,7 @@ class SyncLoop:
             except BackpressureError as error:
                 self.stats.backpressure_waits += 1
                 self.last_error = str(error)
-                await self._sleep(error.retry_after_s + self._rng.uniform(0, 0.05))
+                await self._wait_to_retry("backpressure", error.retry_after_s + self._rng.uniform(0, 0.05))
             except UpgradeRequiredError as error:
                 self._fail(SyncState.UPGRADE_REQUIRED, error)
                 return
@@ -377,7 +425,14 @@ class SyncLoop:
                 self.last_error = f"{name}: {error}"
                 if self.state is SyncState.ONLINE:
                     self.state = SyncState.CONNECTING
-                await self._sleep(backoff.next_delay())
+                await self._wait_to_retry("error", backoff.next_delay())
+
+    async def _wait_to_retry(self, reason: str, delay_s: float) -> None:
+        """Sleep before a retry, counting it in the stats and metrics."""
+        self.stats.retries += 1
+        self.stats.backoff_s += max(0.0, delay_s)
+        _metrics.retried(reason, delay_s)
+        await self._sleep(delay_s)
 
     def _fail(self, state: SyncState, error: KeelError) -> None:
         self.state = state
@@ -511,3 +566,8 @@ class SyncLoop:
                         if not error.retriable and not isinstance(error, IntegrityError):
                             raise
                 await asyncio.sleep(0.1)
+
+
+def _links(traceparents: Iterable[str | None]) -> list[Link]:
+    """Links to the spans named by stored or received traceparents (unusable ones are skipped)."""
+    return links_from([ctx for ctx in (context_from_traceparent(t) for t in traceparents) if ctx is not None])

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -30,15 +31,19 @@ from keel.errors import (
     ForbiddenError,
     KeelError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     SequenceError,
     TransientError,
     UpgradeRequiredError,
     ValidationError,
 )
 from keel.lifecycle import State
-from keel.logging import get_logger
+from keel.logging import bind_context, get_logger
+from keel.telemetry import PROMETHEUS_CONTENT_TYPE, prometheus_text
 from producers.gateway.gateway import Gateway
+from producers.gateway.metrics import RequestMetricsMiddleware
 from producers.gateway.openapi import openapi_document
+from producers.gateway.request_limits import BodyDeadline
 from producers.gateway.tokens import DeviceClaims, bearer_token
 from producers.wire import EnrollRequest, ErrorBody, HandshakeRequest, PushRequest
 
@@ -71,6 +76,8 @@ def _status_of(error: KeelError) -> tuple[int, str, dict[str, Any], dict[str, st
         return 400, "invalid", {"field": error.field} if error.field else {}, {}
     if isinstance(error, SequenceError):
         return 409, "sequence", {}, {}
+    if isinstance(error, RequestTimeoutError):
+        return 408, "request-timeout", {}, {"connection": "close"}
     if isinstance(error, TransientError):
         service = getattr(error, "service", None)
         return 503, "unavailable", {"service": service} if service else {}, {"retry-after": "1"}
@@ -130,8 +137,9 @@ class _Api:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
-    def claims(self, request: Request) -> DeviceClaims:
-        claims = self.gateway.tokens.verify(bearer_token(request.headers.get("authorization")))
+    async def claims(self, request: Request) -> DeviceClaims:
+        claims = await self.gateway.tokens.verify(bearer_token(request.headers.get("authorization")))
+        bind_context(tenant=claims.tenant_id, device=claims.device_id)  # on every log line of this request
         asked_device = request.query_params.get("device_id")
         if asked_device and asked_device != claims.device_id:
             raise ForbiddenError(f"device {claims.device_id} cannot read the outbox of device {asked_device}")
@@ -144,6 +152,10 @@ class _Api:
         if self.gateway.lifecycle.state is not State.RUNNING:
             raise ConfigurationError(f"gateway is {self.gateway.lifecycle.state.value}")
 
+    async def metrics(self, request: Request) -> Response:
+        del request
+        return Response(prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE)
+
     async def healthz(self, request: Request) -> Response:
         del request
         state = self.gateway.lifecycle.state
@@ -153,6 +165,12 @@ class _Api:
     async def openapi(self, request: Request) -> Response:
         del request
         return JSONResponse(openapi_document())
+
+    async def jwks(self, request: Request) -> Response:
+        del request
+        max_age = int(self.gateway.tokens.refresh_s)
+        headers = {"cache-control": f"public, max-age={max_age}"}
+        return JSONResponse(await self.gateway.tokens.jwks(), headers=headers)
 
     async def enroll(self, request: Request) -> Response:
         self.raise_if_not_running()
@@ -166,14 +184,14 @@ class _Api:
 
     async def push(self, request: Request) -> Response:
         self.raise_if_not_running()
-        claims = self.claims(request)
+        claims = await self.claims(request)
         body = _parse(PushRequest, await _read_body(request, self.gateway.limits.max_body_bytes))
         response = await self.gateway.push.push(claims, body, traceparent=request.headers.get("traceparent"))
         return _json(response)
 
     async def pull(self, request: Request) -> Response:
         self.raise_if_not_running()
-        claims = self.claims(request)
+        claims = await self.claims(request)
         params = request.query_params
         try:
             limit = int(params.get("limit", "500"))
@@ -182,12 +200,14 @@ class _Api:
             raise ValidationError(f"limit and wait_s must be numbers: {error}") from error
         if not math.isfinite(wait_s):
             raise ValidationError("wait_s must be finite", field="wait_s")
-        page = await self.gateway.pull.pull(claims, params.get("cursor", ""), limit=limit, wait_s=wait_s)
+        page = await self.gateway.pull.pull(
+            claims, params.get("cursor", ""), limit=limit, wait_s=wait_s, traceparent=request.headers.get("traceparent")
+        )
         return _json(page)
 
     async def stream(self, request: Request) -> Response:
         self.raise_if_not_running()
-        claims = self.claims(request)
+        claims = await self.claims(request)
         heartbeat_s = self.gateway.settings.gateway_stream_heartbeat_s
         gateway = self.gateway
 
@@ -210,13 +230,13 @@ class _Api:
 
     async def digest(self, request: Request) -> Response:
         self.raise_if_not_running()
-        claims = self.claims(request)
+        claims = await self.claims(request)
         detail = [name for name in request.query_params.get("detail", "").split(",") if name]
         return _json(await self.gateway.state.digest(claims, detail))
 
     async def entities(self, request: Request) -> Response:
         self.raise_if_not_running()
-        claims = self.claims(request)
+        claims = await self.claims(request)
         entity_type = request.query_params.get("type", "")
         ids = request.query_params.get("ids", "").split(",")
         return _json(await self.gateway.state.snapshots(claims, entity_type, ids))
@@ -227,7 +247,9 @@ def build_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> Starlette:
     api = _Api(gateway)
     routes = [
         Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/.well-known/jwks.json", api.jwks, methods=["GET"]),
         Route("/v1/enroll", api.enroll, methods=["POST"]),
         Route("/v1/handshake", api.handshake, methods=["POST"]),
         Route("/v1/push", api.push, methods=["POST"]),
@@ -248,4 +270,12 @@ def build_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> Starlette:
             if manage_lifecycle:
                 await gateway.stop()
 
-    return Starlette(routes=routes, exception_handlers={KeelError: _keel_error}, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        exception_handlers={KeelError: _keel_error},
+        lifespan=lifespan,
+        middleware=[
+            Middleware(RequestMetricsMiddleware, routes=[route.path for route in routes]),
+            Middleware(BodyDeadline, timeout_s=gateway.settings.gateway_body_timeout_s),
+        ],
+    )

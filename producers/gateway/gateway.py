@@ -17,13 +17,17 @@ from keel.settings import Settings
 from producers.gateway.backpressure import DeviceRateLimiter, ProducerBudget
 from producers.gateway.devices import DeviceDirectory
 from producers.gateway.failpoints import Failpoints
+from producers.gateway.op_verification import ChainVerifier
 from producers.gateway.pull import OutboxWatcher, PullService
 from producers.gateway.push import PushLimits, PushService
 from producers.gateway.push_ledger import PushLedger
+from producers.gateway.rollout import RolloutFlags
 from producers.gateway.sessions import SessionService
+from producers.gateway.signing_keys import SigningKeyStore
 from producers.gateway.state_sync import StateService, StateSource
 from producers.gateway.tokens import TokenAuthority
 from producers.wire import Limits
+from projections.device_keys import DeviceKeyRegistry, InMemoryDeviceKeyRegistry
 from projections.outbox import OutboxReader
 from schemas.catalog import Catalog, default_catalog
 from schemas.domain_migrations import default_registry
@@ -47,6 +51,9 @@ class GatewayPorts:
     registry: SchemaRegistry
     outbox: OutboxReader
     states: StateSource
+    rollout: RolloutFlags | None = None  # live rollout cohorts; None = subjects.toml only
+    signing_keys: SigningKeyStore | None = None  # token keys shared by instances; None = one in-memory key
+    device_keys: DeviceKeyRegistry | None = None  # devices' op-signing keys; None = in memory
 
 
 class Gateway:
@@ -71,10 +78,16 @@ class Gateway:
         if tokens is None:
             key_file = settings.gateway_signing_key_file
             ttl = settings.gateway_token_ttl_s
-            tokens = (
-                TokenAuthority.from_pem_file(key_file, ttl_s=ttl) if key_file else TokenAuthority.generate(ttl_s=ttl)
-            )
+            if key_file:
+                tokens = TokenAuthority.from_pem_file(key_file, ttl_s=ttl)
+            elif ports.signing_keys is not None:
+                tokens = TokenAuthority(
+                    store=ports.signing_keys, ttl_s=ttl, refresh_s=settings.gateway_token_keys_refresh_s
+                )
+            else:
+                tokens = TokenAuthority.generate(ttl_s=ttl)
         self.tokens = tokens
+        self.device_keys = ports.device_keys if ports.device_keys is not None else InMemoryDeviceKeyRegistry()
         self.limits = Limits(
             max_batch_ops=settings.gateway_max_batch_ops,
             max_body_bytes=settings.gateway_max_body_bytes,
@@ -90,6 +103,8 @@ class Gateway:
             limits=self.limits,
             enrollment_secret=settings.gateway_enrollment_secret,
             catalog=self.catalog,
+            rollout=ports.rollout,
+            device_keys=self.device_keys,
         )
         self.push = PushService(
             ledger=ports.ledger,
@@ -104,6 +119,7 @@ class Gateway:
             ),
             catalog=self.catalog,
             failpoints=Failpoints(settings.gateway_failpoints),
+            chains=ChainVerifier(self.device_keys, require_signed=settings.require_signed_ops),
         )
         self.watcher = OutboxWatcher(ports.outbox, interval_s=settings.gateway_outbox_poll_s)
         self.pull = PullService(
@@ -128,6 +144,7 @@ class Gateway:
         try:
             if self.settings.gateway_register_schemas:
                 await self.register_schemas()
+            await self.tokens.start()
             await self.ports.writer.start()
             await self.watcher.start()
         except KeelError:

@@ -54,6 +54,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Malformed request",
         401: "Missing, expired or invalid token (handshake again)",
         403: "Not allowed for this device or tenant",
+        408: "The request body arrived too slowly (KEEL_GATEWAY_BODY_TIMEOUT_S); send it again",
         413: "Body or batch too large (send fewer ops)",
         426: "The client's schema versions are below the server's minimum (upgrade the app)",
         429: "Rate or producer buffer limit; wait for Retry-After",
@@ -79,11 +80,20 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Running"}, "503": {"description": "Not running"}},
             }
         },
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "Public keys (JWKS, RFC 7517) that verify device tokens, by key id",
+                "responses": {"200": {"description": "The key set: every key that may still verify a token"}},
+            }
+        },
         "/v1/enroll": {
             "post": {
                 "summary": "Enroll a device with the enrollment secret; returns its credentials once",
                 "requestBody": {"required": True, **_json_body(EnrollRequest)},
-                "responses": {"201": {"description": "Enrolled", **_json_body(EnrollResponse)}, **_errors(400, 403)},
+                "responses": {
+                    "201": {"description": "Enrolled", **_json_body(EnrollResponse)},
+                    **_errors(400, 403, 408, 413),
+                },
             }
         },
         "/v1/handshake": {
@@ -92,7 +102,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, **_json_body(HandshakeRequest)},
                 "responses": {
                     "200": {"description": "Agreed", **_json_body(HandshakeResponse)},
-                    **_errors(400, 401, 426, 503),
+                    **_errors(400, 401, 408, 413, 426, 503),
                 },
             }
         },
@@ -103,7 +113,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, **_json_body(PushRequest)},
                 "responses": {
                     "200": {"description": "Highest consumed seq, rejections, duplicates", **_json_body(PushResponse)},
-                    **_errors(400, 401, 403, 413, 429, 503),
+                    **_errors(400, 401, 403, 408, 413, 429, 503),
                 },
             }
         },

@@ -8,17 +8,26 @@ which lets the outbox prune what every device has.
 
 `OutboxWatcher` tails the shared feed of tenants someone is waiting on and wakes long-polls and live
 streams when rows arrive (a LISTEN/NOTIFY channel from the projector can replace the polling later).
+
+Tracing: a served page is a `keel.gateway.pull` span (child of the device's pull span) linked to the
+projection span of every change on it — the trace context stored with each outbox row — so the delivery of
+an op to each other device links back into the op's own trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from opentelemetry.trace import SpanKind
+
 from keel.errors import KeelError
 from keel.logging import get_logger
+from keel.telemetry import context_from_traceparent, get_tracer, links_from, observe
+from producers.gateway.metrics import GatewayMetrics
 from producers.gateway.tokens import DeviceClaims
 from producers.wire import PageEntry, PullResponse, WireEvent, build_manifest
 from projections.outbox import FeedItem, OutboxKind, OutboxReader, event_from_body
@@ -29,6 +38,8 @@ __all__ = ["OutboxWatcher", "PullService"]
 _NO_DEVICE = ""  # reading as no device yields the tenant's shared feed only (device ids are never empty)
 
 _log = get_logger("gateway.pull")
+_tracer = get_tracer("gateway")
+_metrics = GatewayMetrics()
 
 
 class OutboxWatcher:
@@ -40,6 +51,14 @@ class OutboxWatcher:
         self._listeners: dict[str, set[asyncio.Event]] = {}
         self._last: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        observe(
+            "keel_gateway_waiting_requests",
+            self._waiting,
+            description="Long-polls and live streams waiting for their tenant's outbox to move (a queue length)",
+        )
+
+    def _waiting(self) -> list[tuple[float, dict[str, str]]]:
+        return [(float(sum(len(events) for events in self._listeners.values())), {})]
 
     async def start(self) -> None:
         """Begin polling (idempotent)."""
@@ -124,6 +143,16 @@ class PullService:
         self.max_wait_s = max_wait_s
         self.max_limit = max_limit
         self._recheck_s = recheck_s
+        observe(
+            "keel_migrations_performed_total",
+            self._migrations_performed,
+            kind="counter",
+            description="Schema migration steps applied to events, by step (MigrationRegistry.performed)",
+        )
+
+    def _migrations_performed(self) -> list[tuple[float, dict[str, str]]]:
+        performed = self._migrations.performed
+        return [(float(count), {"step": step, "service": "gateway"}) for step, count in sorted(performed.items())]
 
     def _entry(self, item: FeedItem, claims: DeviceClaims) -> PageEntry:
         cursor = item.cursor.encode()
@@ -134,7 +163,9 @@ class PullService:
             cautions: list[str] = []
             if version is not None:
                 event, cautions = downcast_event(event, version, self._migrations)
-            return PageEntry(cursor=cursor, kind=row.kind.value, event=WireEvent.of(event), cautions=cautions)
+            return PageEntry(
+                cursor=cursor, kind=row.kind.value, event=WireEvent.of(event), cautions=cautions, trace=row.trace
+            )
         notice: dict[str, Any] = {
             "entity_type": row.entity_type,
             "entity_id": row.entity_id,
@@ -143,8 +174,39 @@ class PullService:
         }
         return PageEntry(cursor=cursor, kind=row.kind.value, notice=notice)
 
-    async def pull(self, claims: DeviceClaims, cursor: str, *, limit: int = 500, wait_s: float = 0.0) -> PullResponse:
+    async def pull(
+        self,
+        claims: DeviceClaims,
+        cursor: str,
+        *,
+        limit: int = 500,
+        wait_s: float = 0.0,
+        traceparent: str | None = None,
+    ) -> PullResponse:
         """A page after `cursor`, waiting up to `wait_s` for one when there is nothing new."""
+        started_ns = time.time_ns()
+        page = await self._page(claims, cursor, limit=limit, wait_s=wait_s)
+        # Started afterwards with the real start time: only now are the links (the page's changes) known.
+        span = _tracer.start_span(
+            "keel.gateway.pull",
+            context=context_from_traceparent(traceparent),
+            kind=SpanKind.SERVER,
+            links=links_from(
+                [ctx for ctx in (context_from_traceparent(e.trace) for e in page.entries) if ctx is not None]
+            ),
+            start_time=started_ns,
+            attributes={
+                "keel.tenant": claims.tenant_id,
+                "keel.device": claims.device_id,
+                "keel.entries": len(page.entries),
+                "keel.resync_required": page.resync_required,
+            },
+        )
+        span.end()
+        _metrics.pulled(entry.kind for entry in page.entries)
+        return page
+
+    async def _page(self, claims: DeviceClaims, cursor: str, *, limit: int, wait_s: float) -> PullResponse:
         limit = max(1, min(limit, self.max_limit))
         wait_s = max(0.0, min(wait_s, self.max_wait_s))
         if cursor:

@@ -11,6 +11,11 @@ Accepted records are produced (idempotent producer, acks=all) and awaited; only 
 the new head committed, and only then does the device hear `acked_seq`. A crash in between leaves the head
 where it was: the device resends, the broker gets the records again and the projector drops the copies by
 (device_id, device_seq).
+
+Tracing: the push is a `keel.gateway.push` span (child of the device's push span through the request's
+`traceparent`, linked to every op's capture span); each accepted op whose device sent its trace context gets
+a `keel.gateway.produce` span in *its own* trace, and that span's traceparent goes into the record's Kafka
+headers, so the projector continues each op's trace. Ops without one carry the request's traceparent.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError as PydanticValidationError
 
 from keel.errors import (
+    BackpressureError,
     ForbiddenError,
     PayloadTooLargeError,
     ServiceUnavailableError,
@@ -34,19 +43,27 @@ from keel.errors import (
 from keel.event_log import LogWriter, OutgoingRecord
 from keel.hlc import wall_clock_ms
 from keel.logging import get_logger
+from keel.telemetry import context_from_traceparent, get_tracer, link_to, links_from, observe, traceparent_of
 from producers.gateway.backpressure import DeviceRateLimiter, ProducerBudget
 from producers.gateway.failpoints import Failpoints
+from producers.gateway.metrics import GatewayMetrics
+from producers.gateway.op_verification import ChainVerifier, DeviceChain
 from producers.gateway.push_ledger import Outcome, PushLedger, SeqOutcome
 from producers.gateway.tokens import DeviceClaims
 from producers.wire import AbandonedSeq, PushRequest, PushResponse, Rejection, SequenceGap, WireEvent
 from schemas.catalog import Catalog, default_catalog
+from schemas.codec import unframe
 from schemas.envelope import ChangeEvent, Op, TraceHeaders
 from schemas.event_encoder import EventEncoder
+from schemas.op_chain import OpLink
 from schemas.validation import validate_event
 
 __all__ = ["PushLimits", "PushService"]
 
 _log = get_logger("gateway.push")
+_tracer = get_tracer("gateway")
+_metrics = GatewayMetrics()
+_NONE: Mapping[str, bytes] = {}
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
@@ -76,6 +93,41 @@ class _Verdicts:
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     gap: SequenceGap | None = None
+    op_traces: dict[int, otel_context.Context] = field(default_factory=dict)  # seq → the op's own trace
+    push_span: Span | None = None
+    spans: list[Span] = field(default_factory=list)  # produce spans, ended once the broker answered
+    chain: DeviceChain = field(default_factory=lambda: DeviceChain(""))  # signed devices (op_verification.py)
+
+    def produce_span(self, event: ChangeEvent) -> Span | None:
+        """A `keel.gateway.produce` span in the op's own trace, or None when the device sent none."""
+        ctx = self.op_traces.get(event.device_seq)
+        if ctx is None:
+            return None
+        span = _tracer.start_span(
+            "keel.gateway.produce",
+            context=ctx,
+            kind=SpanKind.PRODUCER,
+            links=link_to(self.push_span) if self.push_span is not None else [],
+            attributes={
+                "keel.tenant": event.tenant_id,
+                "keel.device": event.device_id,
+                "keel.device_seq": event.device_seq,
+                "keel.event_id": event.event_id,
+                "keel.entity_type": event.entity_type,
+                "keel.entity_id": event.entity_id,
+                "keel.schema_version": event.schema_version,
+            },
+        )
+        self.spans.append(span)
+        return span
+
+    def end_spans(self, error: BaseException | None) -> None:
+        """End the produce spans (as failed when the records were not acknowledged)."""
+        for span in self.spans:
+            if error is not None:
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:200]))
+            span.end()
+        self.spans.clear()
 
 
 def _raise_if_foreign(claims: DeviceClaims, tenant_id: Any, device_id: Any) -> None:
@@ -124,8 +176,10 @@ class PushService:
         catalog: Catalog | None = None,
         failpoints: Failpoints | None = None,
         wall: Callable[[], int] = wall_clock_ms,
+        chains: ChainVerifier | None = None,
     ) -> None:
         self._ledger = ledger
+        self._chains = chains
         self._writer = writer
         self._encoder = encoder
         self._rate = rate_limiter
@@ -134,6 +188,15 @@ class PushService:
         self._catalog = catalog or default_catalog()
         self._failpoints = failpoints or Failpoints()
         self._wall = wall
+        observe(
+            "keel_gateway_producer_inflight_bytes",
+            self._inflight,
+            unit="By",
+            description="Bytes handed to the producer and not yet acknowledged by the broker (a queue length)",
+        )
+
+    def _inflight(self) -> list[tuple[float, dict[str, str]]]:
+        return [(float(self._budget.in_flight), {})]
 
     def _rejection_of(self, item: _Item) -> Rejection | None:  # noqa: PLR0911 - one return per rule
         """Why a new op cannot be accepted, or None."""
@@ -169,8 +232,10 @@ class PushService:
             return Rejection(seq=item.seq, event_id=item.event_id, code="invalid", reason=str(error), field=error.field)
         return None
 
-    async def _record(self, event: ChangeEvent, traceparent: str | None, accepted_at_ms: int) -> OutgoingRecord:
-        values = {TraceHeaders.ACCEPTED_AT_MS: str(accepted_at_ms).encode()}
+    async def _record(
+        self, event: ChangeEvent, traceparent: str | None, accepted_at_ms: int, extra: Mapping[str, bytes] = _NONE
+    ) -> OutgoingRecord:
+        values = {TraceHeaders.ACCEPTED_AT_MS: str(accepted_at_ms).encode(), **extra}
         if traceparent:
             values[TraceHeaders.TRACEPARENT] = traceparent.encode()
         return await self._encoder.record(event, TraceHeaders(values))
@@ -204,26 +269,42 @@ class PushService:
 
     async def _new_verdict(self, item: _Item, trace: str | None, accepted_at_ms: int, verdicts: _Verdicts) -> None:
         """The next seq: abandoned, rejected on its own, or encoded for the log."""
+        chain = verdicts.chain
         if item.abandoned is not None:
-            verdicts.outcomes.append(
-                SeqOutcome(item.seq, item.event_id, Outcome.ABANDONED, "abandoned", item.abandoned.reason)
-            )
+            link = chain.consume(item.seq, chain.abandoned_link(item.abandoned), produced=False)
+            abandoned = SeqOutcome(item.seq, item.event_id, Outcome.ABANDONED, "abandoned", item.abandoned.reason)
+            verdicts.outcomes.append(_linked(abandoned, link))
             return
-        rejection = self._rejection_of(item)
+        # Integrity first (signature, hash, chain): a forged op is refused whatever else it holds.
+        integrity = chain.judge(item.event) if item.event is not None else None
+        rejection = integrity or self._rejection_of(item)
         if rejection is None and item.event is not None:
+            span = verdicts.produce_span(item.event)
+            header = traceparent_of(span) if span is not None else trace
             try:
-                verdicts.records.append(await self._record(item.event, trace, accepted_at_ms))
+                record = await self._record(item.event, header, accepted_at_ms, chain.headers())
+                schema = self._catalog.schema(item.event.entity_type, item.event.schema_version)
+                rejection = chain.judge_encoding(item.event, unframe(record.value)[1], schema.parsed)
+                if rejection is None:
+                    verdicts.records.append(record)
             except ValidationError as error:
+                if span is not None:
+                    span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
                 rejection = Rejection(
                     seq=item.seq, event_id=item.event_id, code="invalid", reason=str(error), field=error.field
                 )
         if rejection is None:
-            verdicts.outcomes.append(SeqOutcome(item.seq, item.event_id, Outcome.ACCEPTED))
+            link = chain.consume(item.seq, OpLink.of(item.event) if item.event else None, produced=True)
+            verdicts.outcomes.append(_linked(SeqOutcome(item.seq, item.event_id, Outcome.ACCEPTED), link))
             return
         verdicts.rejections.append(rejection)
-        verdicts.outcomes.append(
-            SeqOutcome(item.seq, item.event_id, Outcome.REJECTED, rejection.code, rejection.reason, rejection.field)
+        # A refused op whose signature and link verified stays in the chain; any other leaves a gap.
+        kept = OpLink.of(item.event) if item.event is not None and integrity is None else None
+        link = chain.consume(item.seq, kept, produced=False)
+        refused = SeqOutcome(
+            item.seq, item.event_id, Outcome.REJECTED, rejection.code, rejection.reason, rejection.field
         )
+        verdicts.outcomes.append(_linked(refused, link))
 
     async def push(self, claims: DeviceClaims, request: PushRequest, *, traceparent: str | None = None) -> PushResponse:
         """Process one push (see the module docstring); raises for whole-request refusals and outages."""
@@ -234,11 +315,58 @@ class PushService:
         items = _items(claims, request)
         if not items:
             return PushResponse(acked_seq=await self._ledger.head(claims.device_id))
-        self._rate.raise_if_limited(claims.device_id, max(1, len(request.ops)))
+        try:
+            self._rate.raise_if_limited(claims.device_id, max(1, len(request.ops)))
+        except BackpressureError:
+            _metrics.backpressure("device-rate")
+            raise
         trace = traceparent if traceparent and _TRACEPARENT.match(traceparent) else None
-        verdicts = _Verdicts()
+        verdicts = _Verdicts(op_traces=_op_traces(request.traces))
+        with _tracer.start_as_current_span(
+            "keel.gateway.push",
+            context=context_from_traceparent(trace),
+            kind=SpanKind.SERVER,
+            links=links_from(list(verdicts.op_traces.values())),
+            attributes={"keel.tenant": claims.tenant_id, "keel.device": claims.device_id, "keel.push.ops": len(items)},
+        ) as push_span:
+            verdicts.push_span = push_span
+            try:
+                head, expected = await self._push_under_lock(claims, items, trace, verdicts)
+            except BaseException as error:
+                verdicts.end_spans(error)
+                raise
+            verdicts.end_spans(None)
+        _metrics.push(
+            ops=len(items),
+            accepted=len(verdicts.records),
+            duplicates=len(verdicts.duplicates),
+            abandoned=sum(1 for o in verdicts.outcomes if o.outcome is Outcome.ABANDONED),
+            rejection_codes=[r.code for r in verdicts.rejections],
+            gap=verdicts.gap is not None,
+        )
+        if verdicts.rejections or verdicts.gap:
+            _log.info(
+                "push refused ops",
+                device=claims.device_id,
+                rejected=[(r.seq, r.code) for r in verdicts.rejections],
+                gap=verdicts.gap.model_dump() if verdicts.gap else None,
+                schema_versions=sorted({i.event.schema_version for i in items if i.event is not None}),
+            )
+        return PushResponse(
+            acked_seq=max(head, expected - 1),
+            rejections=verdicts.rejections,
+            duplicates=verdicts.duplicates,
+            gap=verdicts.gap,
+        )
+
+    async def _push_under_lock(
+        self, claims: DeviceClaims, items: list[_Item], trace: str | None, verdicts: _Verdicts
+    ) -> tuple[int, int]:
+        """Judge, produce and record a push under the device's ledger lock; (head before, next expected seq)."""
         async with self._ledger.session(claims.tenant_id, claims.device_id) as session:
             head = await session.head()
+            if self._chains is not None:
+                verdicts.chain = await self._chains.begin(claims.device_id, session, head)
             known = await session.outcomes([item.seq for item in items if item.seq <= head])
             expected = head + 1
             accepted_at = self._wall()
@@ -257,27 +385,38 @@ class PushService:
             if verdicts.outcomes:
                 await session.record(verdicts.outcomes, expected - 1)
         self._failpoints.hit("after-commit")
-        if verdicts.rejections or verdicts.gap:
-            _log.info(
-                "push refused ops",
-                device=claims.device_id,
-                rejected=[(r.seq, r.code) for r in verdicts.rejections],
-                gap=verdicts.gap.model_dump() if verdicts.gap else None,
-            )
-        return PushResponse(
-            acked_seq=max(head, expected - 1),
-            rejections=verdicts.rejections,
-            duplicates=verdicts.duplicates,
-            gap=verdicts.gap,
-        )
+        return head, expected
 
     async def _produce(self, records: list[OutgoingRecord]) -> None:
         size = sum(len(r.value or b"") + len(r.key or b"") for r in records)
-        with self._budget.reserve(size):
-            try:
-                async with asyncio.timeout(self.limits.produce_timeout_s):
-                    await self._writer.write(records)
-            except TimeoutError as error:
-                raise ServiceUnavailableError(
-                    "kafka", f"no acknowledgement within {self.limits.produce_timeout_s:g}s"
-                ) from error
+        started = time.monotonic()
+        try:
+            with self._budget.reserve(size):
+                try:
+                    async with asyncio.timeout(self.limits.produce_timeout_s):
+                        await self._writer.write(records)
+                except TimeoutError as error:
+                    raise ServiceUnavailableError(
+                        "kafka", f"no acknowledgement within {self.limits.produce_timeout_s:g}s"
+                    ) from error
+        except BackpressureError:
+            _metrics.backpressure("producer-buffer")  # only the reservation raises it: the writer never does
+            raise
+        _metrics.produced(time.monotonic() - started)
+
+
+def _linked(outcome: SeqOutcome, link: OpLink | None) -> SeqOutcome:
+    """A seq's outcome with its chain link (unchanged for devices that do not sign)."""
+    if link is None:
+        return outcome
+    return replace(outcome, hash=link.hash, prev_hash=link.prev_hash, signature=link.signature)
+
+
+def _op_traces(traces: dict[int, str]) -> dict[int, otel_context.Context]:
+    """The usable trace contexts a device sent along with its ops, by seq (malformed ones are ignored)."""
+    found: dict[int, otel_context.Context] = {}
+    for seq, traceparent in traces.items():
+        ctx = context_from_traceparent(traceparent) if _TRACEPARENT.match(traceparent) else None
+        if ctx is not None:
+            found[seq] = ctx
+    return found

@@ -40,6 +40,10 @@ class SeqOutcome:
     code: str | None = None
     reason: str | None = None
     field: str | None = None
+    # The seq's chain link (signed devices only; docs/security.md): what the next op must follow.
+    hash: bytes | None = None
+    prev_hash: bytes | None = None
+    signature: bytes | None = None
 
 
 class LedgerSession(Protocol):
@@ -67,6 +71,10 @@ class PushLedger(Protocol):
 
     async def head(self, device_id: str) -> int:
         """The committed head of a device, without locking."""
+        ...
+
+    async def head_hash(self, device_id: str) -> bytes | None:
+        """The chain hash of the op at the committed head (None: no head, or not signed), without locking."""
         ...
 
 
@@ -128,3 +136,10 @@ class InMemoryPushLedger:
         self._raise_if_down()
         ledger = self._devices.get(device_id)
         return ledger.head if ledger is not None else 0
+
+    async def head_hash(self, device_id: str) -> bytes | None:
+        """Chain hash at the committed head."""
+        self._raise_if_down()
+        ledger = self._devices.get(device_id)
+        found = ledger.outcomes.get(ledger.head) if ledger is not None else None
+        return found.hash if found is not None else None

@@ -24,10 +24,12 @@ __all__ = ["PgPushLedger"]
 _SQL = {
     "lock": "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
     "head": "SELECT head_seq FROM {schema}.device_heads WHERE device_id = $1",
-    "outcomes": "SELECT seq, event_id, outcome, code, reason, field FROM {schema}.device_seq_outcomes "
-    "WHERE device_id = $1 AND seq = ANY($2::bigint[])",
-    "record": "INSERT INTO {schema}.device_seq_outcomes (device_id, seq, event_id, outcome, code, reason, field) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    "outcomes": "SELECT seq, event_id, outcome, code, reason, field, op_hash, prev_hash, signature "
+    "FROM {schema}.device_seq_outcomes WHERE device_id = $1 AND seq = ANY($2::bigint[])",
+    "record": "INSERT INTO {schema}.device_seq_outcomes (device_id, seq, event_id, outcome, code, reason, field, "
+    "op_hash, prev_hash, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    "head_hash": "SELECT o.op_hash FROM {schema}.device_heads h JOIN {schema}.device_seq_outcomes o "
+    "ON o.device_id = h.device_id AND o.seq = h.head_seq WHERE h.device_id = $1",
     "move_head": "INSERT INTO {schema}.device_heads (device_id, tenant_id, head_seq) VALUES ($1, $2, $3) "
     "ON CONFLICT (device_id) DO UPDATE SET head_seq = excluded.head_seq, updated_at = now()",
 }
@@ -59,7 +61,15 @@ class _PgSession:
         )
         return {
             int(r["seq"]): SeqOutcome(
-                int(r["seq"]), r["event_id"], Outcome(r["outcome"]), r["code"], r["reason"], r["field"]
+                int(r["seq"]),
+                r["event_id"],
+                Outcome(r["outcome"]),
+                r["code"],
+                r["reason"],
+                r["field"],
+                _bytes(r["op_hash"]),
+                _bytes(r["prev_hash"]),
+                _bytes(r["signature"]),
             )
             for r in rows
         }
@@ -70,7 +80,21 @@ class _PgSession:
             raise SequenceError(f"the head of {self._device_id} may not move back from {current} to {head}")
         await self._db.executemany(
             self._sql["record"],
-            [(self._device_id, o.seq, o.event_id, o.outcome.value, o.code, o.reason, o.field) for o in outcomes],
+            [
+                (
+                    self._device_id,
+                    o.seq,
+                    o.event_id,
+                    o.outcome.value,
+                    o.code,
+                    o.reason,
+                    o.field,
+                    o.hash,
+                    o.prev_hash,
+                    o.signature,
+                )
+                for o in outcomes
+            ],
         )
         await self._db.execute(
             self._sql["move_head"],
@@ -79,6 +103,10 @@ class _PgSession:
             head,
         )
         self._head = head
+
+
+def _bytes(value: bytes | None) -> bytes | None:
+    return bytes(value) if value is not None else None
 
 
 class PgPushLedger:
@@ -104,3 +132,9 @@ class PgPushLedger:
         async with pg_errors("read head"), self._pool.acquire() as connection:
             value = await connection.fetchval(self._sql["head"], device_id)
         return int(value) if value is not None else 0
+
+    async def head_hash(self, device_id: str) -> bytes | None:
+        """Chain hash at the committed head."""
+        async with pg_errors("read head hash"), self._pool.acquire() as connection:
+            value = await connection.fetchval(self._sql["head_hash"], device_id)
+        return _bytes(value)

@@ -19,10 +19,14 @@ from keel.errors import ServiceUnavailableError
 from keel.kafka_adapter import AioKafkaLogWriter, TopicSpec, ensure_topics
 from keel.logging import get_logger
 from keel.settings import Settings
+from keel.telemetry import configure_telemetry
 from producers.gateway.app import build_app
 from producers.gateway.devices_pg_adapter import PgDeviceDirectory
 from producers.gateway.gateway import Gateway, GatewayPorts
 from producers.gateway.push_ledger_pg_adapter import PgPushLedger
+from producers.gateway.rollout_pg_adapter import PgRolloutFlags
+from producers.gateway.signing_keys_pg_adapter import PgSigningKeyStore
+from projections.device_keys_pg_adapter import PgDeviceKeyRegistry
 from projections.outbox_pg_adapter import PgOutbox
 from projections.pg_adapter import connect_pool
 from projections.pg_store_adapter import PgProjectionStore
@@ -66,6 +70,9 @@ def _change_topics(settings: Settings) -> list[TopicSpec]:
 
 async def open_gateway(settings: Settings) -> Gateway:
     """A `Gateway` on PostgreSQL, Kafka and the registry (not started: the app's lifespan starts it)."""
+    configure_telemetry(
+        "keel-gateway", settings.otel_exporter, settings.otel_endpoint, sample_ratio=settings.otel_sample_ratio
+    )
     pool = await connect_pool(settings.database_url, max_size=settings.gateway_pg_pool_size)
     try:
         applied = await migrate(pool, settings.pg_schema, (PROJECTOR_SQL, GATEWAY_SQL))
@@ -84,6 +91,9 @@ async def open_gateway(settings: Settings) -> Gateway:
         registry=ConfluentSchemaRegistry(settings.registry_url),
         outbox=PgOutbox(pool, settings.pg_schema),
         states=PgProjectionStore(pool, settings.pg_schema),
+        rollout=PgRolloutFlags(pool, settings.pg_schema),
+        signing_keys=PgSigningKeyStore(pool, settings.pg_schema),
+        device_keys=PgDeviceKeyRegistry(pool, settings.pg_schema),
     )
     return Gateway(ports, settings, on_stop=pool.close)
 

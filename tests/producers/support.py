@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from consumers.decoder import EventDecoder, entity_of_topic
+from consumers.signature_check import SignatureCheck
 from keel.event_log import InMemoryLog, InMemoryLogWriter
 from keel.settings import Settings
 from producers.device import Device, SyncConfig
@@ -74,7 +75,12 @@ class FakeKeel:
         )
         self.gateway = Gateway(ports, self.settings)
         self.app = build_app(self.gateway, manage_lifecycle=False)
-        self.decoder = EventDecoder(self.registry, default_registry(), entity_of_topic(self.settings.topic_prefix))
+        self.decoder = EventDecoder(
+            self.registry,
+            default_registry(),
+            entity_of_topic(self.settings.topic_prefix),
+            signatures=SignatureCheck(self.gateway.device_keys),
+        )
 
     @property
     def transport(self) -> httpx.ASGITransport:

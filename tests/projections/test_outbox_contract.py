@@ -113,3 +113,24 @@ async def test_a_transaction_that_commits_late_is_never_skipped(keel_settings: S
     await feed_settled(pool, keel_settings.pg_schema)
     page = await outbox.read("tenant-a", "dev", page.next_cursor)
     assert [item.entry.event_id for item in page.entries] == ["slow", "quick"]
+
+
+async def test_the_trace_context_of_a_change_travels_with_its_outbox_rows(stores: Stores) -> None:
+    factory = EventFactory()
+    trace_a = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    trace_b = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    events = [
+        factory.event("dev-a", "t1", title="a"),
+        factory.event("dev-b", "t1", title="b"),  # concurrent with dev-a's: a conflict notice for the loser
+    ]
+    sourced = tuple(
+        SourcedEvent(e, SourcePosition(TOPIC, 0, i), trace=t)
+        for i, (e, t) in enumerate(zip(events, (trace_a, trace_b), strict=True))
+    )
+    await stores.store.apply_batch(ProjectionBatch("g", (OffsetAdvance(P0, None, 2),), sourced))
+    await stores.settle()
+    page = await stores.outbox.read("tenant-a", "dev-a", None)
+    traces = {(item.entry.kind, item.entry.event_id): item.entry.trace for item in page.entries}
+    assert traces[(OutboxKind.CHANGE, events[0].event_id)] == trace_a
+    assert traces[(OutboxKind.CHANGE, events[1].event_id)] == trace_b
+    assert traces[(OutboxKind.CONFLICT, events[0].event_id)] == trace_b  # the write whose arrival decided it

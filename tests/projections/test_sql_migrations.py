@@ -19,8 +19,10 @@ def test_files_from_several_directories_apply_in_version_order(tmp_path: Path) -
     gateway.mkdir()
     (gateway / "101_devices.sql").write_text("CREATE TABLE {schema}.devices (id text);")
     found = discover([gateway, PROJECTOR_SQL])
-    assert [m.version for m in found] == [1, 2, 3, 4, 101]
-    assert found[-1].render("abc") == 'CREATE TABLE "abc".devices (id text);'
+    projector = [m.version for m in discover([PROJECTOR_SQL])]
+    assert [m.version for m in found] == sorted([*projector, 101])
+    assert projector[:4] == [1, 2, 3, 4], "projector files 0NN; security files 2NN (docs/architecture.md)"
+    assert next(m for m in found if m.version == 101).render("abc") == 'CREATE TABLE "abc".devices (id text);'
 
 
 def test_bad_names_clashes_and_edited_files_are_refused(tmp_path: Path) -> None:
@@ -51,13 +53,14 @@ async def test_migrate_records_each_file_once_and_columns_match_the_catalog(
 ) -> None:
     schema = keel_settings.pg_schema
     recorded = await applied_versions(pool, schema)
-    assert sorted(recorded) == [1, 2, 3, 4]
+    projector = [m.version for m in discover([PROJECTOR_SQL])]
+    assert sorted(recorded) == projector
     assert await migrate(pool, schema) == []  # idempotent
     extra = tmp_path / "gateway"
     extra.mkdir()
     (extra / "150_heads.sql").write_text("CREATE TABLE {schema}.heads (device_id text PRIMARY KEY);")
     assert await migrate(pool, schema, [PROJECTOR_SQL, extra]) == ["150_heads.sql"]
-    assert sorted(await applied_versions(pool, schema)) == [1, 2, 3, 4, 150]
+    assert sorted(await applied_versions(pool, schema)) == sorted([*projector, 150])
     async with pool.acquire() as connection:
         for entity, table in entity_tables().items():
             rows = await connection.fetch(

@@ -109,3 +109,17 @@ async def test_a_decision_is_settled_by_its_override_and_rejections_reach_the_de
     assert (OutboxKind.REJECTED, "phone") in kinds
     theirs = await stores.outbox.read("tenant-a", "laptop", None)
     assert all(i.entry.device_id in (None, "laptop") for i in theirs.entries)
+
+
+async def test_new_decisions_are_reported_once_with_the_earlier_write_of_their_pair(stores: Stores) -> None:
+    factory = EventFactory()
+    first = factory.event("dev-a", "t1", physical_ms=1_750_000_000_100, title="a")
+    second = factory.event("dev-b", "t1", physical_ms=1_750_000_000_900, title="b")  # concurrent: no base
+    assert (await stores.store.apply_batch(batch([first], 0, None))).conflicts == ()
+    outcome = await stores.store.apply_batch(batch([second], 1, 1))
+    assert outcome.decisions == 1
+    (note,) = outcome.conflicts
+    assert (note.entity_type, note.field, note.rule) == ("task", "title", "last-writer-wins")
+    assert note.first_write_ms == 1_750_000_000_100  # the earlier write, from the stored state's history
+    again = await stores.store.apply_batch(batch([second], 2, 2))
+    assert (again.duplicates, again.decisions, again.conflicts) == (1, 0, ())

@@ -1,4 +1,5 @@
-"""One contract, two device stores: the in-memory fake and SQLite behave alike (atomic, durable, ordered)."""
+"""One contract, three device stores: the in-memory fake, SQLite and encrypted SQLite behave alike (atomic,
+durable, ordered)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from keel.errors import ConfigurationError, SequenceError
 from keel.hlc import HlcTimestamp
+from producers.device.encrypted_store_adapter import EncryptedSqliteDeviceStore
 from producers.device.sqlite_store_adapter import SqliteDeviceStore
 from producers.device.store import DeviceStore, InMemoryDeviceStore, OpStatus, StoredEntity
 from projections.conflict_rules import apply_event
@@ -17,7 +19,7 @@ from schemas.envelope import ChangeEvent, Op, new_event_id
 Reopen = Callable[[], DeviceStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "encrypted"])
 def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reopen]:
     """A factory that opens the same store again (a restart)."""
     opened: list[DeviceStore] = []
@@ -28,10 +30,17 @@ def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Reopen]:
             store = InMemoryDeviceStore(backing)
             opened.append(store)
             return store
-    else:
+    elif request.param == "sqlite":
 
         def factory() -> DeviceStore:
             store = SqliteDeviceStore(tmp_path / "device.db")
+            opened.append(store)
+            return store
+    else:
+
+        def factory() -> DeviceStore:
+            # A low scrypt cost keeps the suite fast; the default is 2**15.
+            store = EncryptedSqliteDeviceStore(tmp_path / "device.db", passphrase="correct horse", scrypt_n=2**10)
             opened.append(store)
             return store
 
@@ -150,3 +159,42 @@ def test_bad_entity_type_names_and_nested_transactions_are_refused(reopen: Reope
         tx.load_entity("task; DROP TABLE op_log", "x")
     with store.transaction(), pytest.raises(ConfigurationError, match="do not nest"), store.transaction():
         pass
+
+
+def test_an_op_keeps_the_trace_context_of_its_capture_across_status_changes_and_reopens(reopen: Reopen) -> None:
+    store = reopen()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with store.transaction() as tx:
+        tx.append_op(event(1), 10, 1, trace=traceparent)
+        tx.append_op(event(2), 10, 1)
+    with store.transaction() as tx:
+        tx.set_status([1], OpStatus.QUARANTINED, reason="refused", code="invalid")
+    store.close()
+    with reopen().transaction() as tx:
+        (quarantined,) = tx.ops(OpStatus.QUARANTINED)
+        (pending,) = tx.ops(OpStatus.PENDING)
+    assert (quarantined.trace, quarantined.reason) == (traceparent, "refused")
+    assert pending.trace is None
+
+
+def test_a_store_file_from_before_traces_gains_the_column_on_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE op_log (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, entity_type TEXT NOT NULL, "
+        "entity_id TEXT NOT NULL, status TEXT NOT NULL, code TEXT, reason TEXT, size_bytes INTEGER NOT NULL, "
+        "created_at_ms INTEGER NOT NULL, event TEXT NOT NULL);"
+    )
+    old.close()
+    store = SqliteDeviceStore(path)
+    try:
+        with store.transaction() as tx:
+            tx.append_op(event(1), 10, 1, trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        with store.transaction() as tx:
+            assert [op.trace for op in tx.ops(OpStatus.PENDING)] == [
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            ]
+    finally:
+        store.close()

@@ -53,6 +53,7 @@ async def test_the_openapi_document_names_every_endpoint_and_model(client: httpx
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) == {
         "/healthz",
+        "/.well-known/jwks.json",
         "/v1/enroll",
         "/v1/handshake",
         "/v1/push",
