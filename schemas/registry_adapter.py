@@ -106,8 +106,28 @@ class ConfluentSchemaRegistry:
         )
 
     async def subjects(self) -> list[str]:
-        """Every subject."""
-        return sorted(await self._call("list subjects", self._client.get_subjects))
+        """Every subject, paging with offset/limit (Apicurio returns at most 1,000 subjects per call).
+
+        Registries that ignore the paging parameters answer every page with the full list; paging stops as
+        soon as a page adds nothing new, so both kinds are read completely.
+        """
+        page_size = 1000
+        found: dict[str, None] = {}
+        offset = 0
+        while True:
+            async def get_page(start: int = offset) -> httpx.Response:
+                return await self._http.get("/subjects", params={"offset": start, "limit": page_size})
+
+            response = await self._call("list subjects", get_page)
+            if response.status_code >= 500:
+                raise ServiceUnavailableError("schema registry", f"list subjects: HTTP {response.status_code}")
+            response.raise_for_status()
+            page = [str(subject) for subject in response.json()]
+            before = len(found)
+            found.update(dict.fromkeys(page))
+            if len(page) < page_size or len(found) == before:
+                return sorted(found)
+            offset += len(page)
 
     async def versions(self, subject: str) -> list[int]:
         """Versions of a subject (empty when absent)."""

@@ -42,8 +42,28 @@ def field_mapping(source: EntitySchema, target: EntitySchema) -> dict[str, str]:
     return mapping
 
 
+_ATOMIC = frozenset({str, int, float, bool, type(None)})  # immutable: a deep copy is the value itself
+_MAPPINGS: dict[tuple[int, int], tuple[EntitySchema, EntitySchema, dict[str, str], dict[str, str]]] = {}
+
+
+def _copy(value: Any) -> Any:
+    """`copy.deepcopy(value)`, without its cost for the immutable scalars most fields hold."""
+    return value if type(value) in _ATOMIC else copy.deepcopy(value)
+
+
+def _mappings(source: EntitySchema, target: EntitySchema) -> tuple[dict[str, str], dict[str, str]]:
+    """`field_mapping(source, target)` and its reverse, computed once per pair of schema objects."""
+    key = (id(source), id(target))
+    cached = _MAPPINGS.get(key)
+    if cached is None or cached[0] is not source or cached[1] is not target:
+        mapping = field_mapping(source, target)
+        cached = (source, target, mapping, {new: old for old, new in mapping.items()})  # keeps the ids alive
+        _MAPPINGS[key] = cached
+    return cached[2], cached[3]
+
+
 def _default_of(spec: FieldSpec) -> Any:
-    return copy.deepcopy(spec.default) if spec.has_default else None
+    return _copy(spec.default) if spec.has_default else None
 
 
 def _is_default(spec: FieldSpec, value: Any) -> bool:
@@ -56,8 +76,7 @@ def resolve_payload(
     """Move a payload (and the names of its changed fields) from `source`'s shape into `target`'s."""
     if payload is None:
         return Resolution(None, (), [])
-    mapping = field_mapping(source, target)
-    reverse = {new: old for old, new in mapping.items()}
+    mapping, reverse = _mappings(source, target)
     result: dict[str, Any] = {}
     cautions: list[str] = []
     for spec in target.fields:
@@ -65,7 +84,7 @@ def resolve_payload(
         if old_name is None or old_name not in payload:
             result[spec.name] = _default_of(spec)
             continue
-        value = copy.deepcopy(payload[old_name])
+        value = _copy(payload[old_name])
         symbols = spec.enum_symbols
         if symbols is not None and value is not None and value not in symbols:
             fallback = spec.enum_default if spec.enum_default is not None else _default_of(spec)

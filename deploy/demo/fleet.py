@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +28,10 @@ from producers.device.sqlite_store_adapter import SqliteDeviceStore
 from producers.device.store import OpStatus
 from producers.wire import EnrollRequest
 
-__all__ = ["DEMO_SYNC", "Fleet", "FleetCounters", "Reconnect", "SimulatedDevice"]
+__all__ = ["DEMO_SYNC", "FeedHead", "Fleet", "FleetCounters", "Reconnect", "SimulatedDevice", "cursor_key"]
 
 _log = get_logger("demo.fleet")
+STOP_TIMEOUT_S = 15.0
 
 # Quick to notice a healed network (backoff cap 3 s), no periodic digest repair: convergence must come from
 # the feed alone, and the final check compares digests without repairing anything.
@@ -78,6 +79,7 @@ class SimulatedDevice:
     reconnects: list[Reconnect] = field(default_factory=list)
     versions_seen: dict[str, int] = field(default_factory=dict)
     catch_up: asyncio.Task[None] | None = None
+    stop_timeouts: int = 0  # go_offline calls whose sync loop did not stop in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,17 @@ class FleetCounters:
     retries: int
     handshakes: int
     repaired: int
+
+
+FeedHead = Callable[[str, str], Awaitable[str]]  # (tenant, device) → cursor of the newest feed row it may read
+
+
+def cursor_key(cursor: str) -> tuple[int, int]:
+    """An outbox cursor `"<tx>.<pos>"` (docs/architecture.md) as a sortable pair; `""` sorts first."""
+    if not cursor:
+        return (0, 0)
+    tx, _, pos = cursor.partition(".")
+    return (int(tx), int(pos))
 
 
 def _skewed(skew_ms: int) -> Callable[[], int]:
@@ -113,9 +126,11 @@ class Fleet:
         enrollment_secret: str,
         folder: Path,
         elapsed: Callable[[], float],
+        feed_head: FeedHead | None = None,
         config: SyncConfig = DEMO_SYNC,
     ) -> None:
         self.plan = plan
+        self.feed_head = feed_head
         self.gateway_url = gateway_url
         self.enrollment_secret = enrollment_secret
         self.folder = folder
@@ -218,7 +233,14 @@ class Fleet:
     async def _go_offline(self, member: SimulatedDevice) -> None:
         if member.catch_up is not None and not member.catch_up.done():
             member.catch_up.cancel()  # the watch would talk to the gateway while the device is offline
-        await member.device.go_offline()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await member.device.go_offline()
+        except TimeoutError:
+            # A sync worker did not end when cancelled (on Python 3.11 `asyncio.wait_for` can swallow a
+            # cancellation, CPython gh-86296): the device keeps syncing; the run goes on and says so.
+            member.stop_timeouts += 1
+            _log.warning("device did not stop syncing", device=member.device.device_id, timeout_s=STOP_TIMEOUT_S)
         member.offline_since = self.elapsed()
 
     async def _go_online(self, member: SimulatedDevice) -> None:
@@ -231,15 +253,28 @@ class Fleet:
             member.catch_up = asyncio.create_task(self._watch_catch_up(member, now - since, now, pending))
 
     async def _watch_catch_up(self, member: SimulatedDevice, offline_s: float, online_at: float, pending: int) -> None:
+        """Time until the device's queue is empty and its cursor reached the feed's head at its return.
+
+        It only watches the local store (an offline device must not talk to the gateway); without a feed head
+        it falls back to `wait_synced`, which also counts an idle long-poll holding the pull lock.
+        """
         began = time.monotonic()
+        device = member.device
         caught_up: float | None = None
         try:
-            await member.device.wait_synced(max(60.0, self.plan.duration_s))
+            async with asyncio.timeout(max(60.0, self.plan.duration_s)):
+                if self.feed_head is None:
+                    await device.wait_synced(max(60.0, self.plan.duration_s))
+                else:
+                    head = cursor_key(await self.feed_head(device.tenant_id, device.device_id))
+                    # The SDK has no event for "queue empty and cursor past X": poll the local store.
+                    while device.replica.count(OpStatus.PENDING) or cursor_key(device.replica.cursor) < head:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
             caught_up = time.monotonic() - began
         except (TimeoutError, KeelError) as error:
-            _log.warning("device did not catch up", device=member.device.device_id, error=repr(error))
+            _log.warning("device did not catch up", device=device.device_id, error=repr(error))
         finally:
-            member.reconnects.append(Reconnect(member.device.device_id, offline_s, online_at, caught_up, pending))
+            member.reconnects.append(Reconnect(device.device_id, offline_s, online_at, caught_up, pending))
 
     # ------------------------------------------------------------ upgrades
 
@@ -278,16 +313,15 @@ class Fleet:
 
     async def upgrade_now(self, device_ids: list[str]) -> dict[str, int]:
         """Make online devices handshake again now (a 'new version available' push); device → task version."""
-        versions: dict[str, int] = {}
-        for device_id in device_ids:
-            member = self.members[device_id]
-            if not member.device.is_online:
-                continue
-            with contextlib.suppress(KeelError):
+        online = [self.members[d] for d in device_ids if self.members[d].device.is_online]
+
+        async def again(member: SimulatedDevice) -> None:
+            with contextlib.suppress(KeelError):  # unreachable now: it moves at its next handshake instead
                 await member.device.sync_loop.handshake()
-            versions[device_id] = member.device.replica.local_version("task")
+
+        await asyncio.gather(*(again(member) for member in online))
         self.watch_versions()
-        return versions
+        return {m.device.device_id: m.device.replica.local_version("task") for m in online}
 
     # ------------------------------------------------------------ counters and the end
 
@@ -350,7 +384,15 @@ class Fleet:
 
     async def stop_syncing(self) -> None:
         """Stop every sync loop (the state is then fixed for the final comparison)."""
-        await asyncio.gather(*(m.device.sync_loop.stop() for m in self.members.values()))
+        await asyncio.gather(*(self._stop(m) for m in self.members.values()))
+
+    async def _stop(self, member: SimulatedDevice) -> None:
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await member.device.sync_loop.stop()
+        except TimeoutError:
+            member.stop_timeouts += 1
+            _log.warning("device did not stop syncing", device=member.device.device_id, timeout_s=STOP_TIMEOUT_S)
 
     async def close(self) -> None:
         """Close every device (stores and connections)."""
@@ -360,5 +402,7 @@ class Fleet:
             if member.catch_up is not None and not member.catch_up.done():
                 member.catch_up.cancel()
         for member in self.members.values():
-            with contextlib.suppress(Exception):
-                await member.device.close()
+            # Closing what is left; the run's outcome is decided.
+            with contextlib.suppress(KeelError, OSError, TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await member.device.close()

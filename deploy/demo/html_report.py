@@ -47,6 +47,11 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _short(label: str, width: int = 34) -> str:
+    """A bar label that fits its column."""
+    return label if len(label) <= width else f"{label[: width - 1]}…"
+
+
 def _bands(report: dict[str, Any]) -> list[Band]:
     bands = []
     for incident in report.get("incidents", []):
@@ -77,10 +82,10 @@ def _charts(report: dict[str, Any]) -> list[str]:
     lag = report.get("lag", [])
     x_end = max((float(s["t"]) for s in timeline), default=None)
     hot = report.get("hotspots", [])
-    top_entities = sorted(
-        ((f"{h['entity_type']} {e['entity_id']}", float(e["conflicts"])) for h in hot for e in h["top_entities"]),
-        key=lambda item: -item[1],
-    )[:10]
+    top_entities = [
+        (_short(f"{e['tenant_id']} · {e['entity_type']} {e['entity_id']}"), float(e["conflicts"]))
+        for e in report.get("contended_entities", [])
+    ]
     return [
         _figure(
             line_chart(
@@ -204,6 +209,17 @@ def _catch_up(report: dict[str, Any]) -> str:
     return f"<ul>{''.join(lines)}</ul>" if lines else "<p class='muted'>No device went offline.</p>"
 
 
+def _stuck(report: dict[str, Any]) -> str:
+    stuck = report.get("drain_stuck", [])
+    if not stuck:
+        return ""
+    items = "".join(
+        f"<li><b>{_e(s['device_id'])}</b>: {_e(s['pending'])} ops queued; last error: {_e(s['last_error'])}</li>"
+        for s in stuck
+    )
+    return f"<p>Devices that did not drain in the final phase:</p><ul>{items}</ul>"
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The report page."""
     converged = bool(report.get("converged"))
@@ -260,6 +276,7 @@ def render_html(report: dict[str, Any]) -> str:
             f"{_e(checker.get('diverged'))}</pre>"
         ),
         f"<ul>{findings}</ul>" if findings else "<p class='muted'>No findings.</p>",
+        _stuck(report),
         "<h2>Run</h2>",
         (
             f"<p class='muted'>topics <code>{_e(names.get('topic_prefix'))}.*</code>, PostgreSQL schema "

@@ -130,7 +130,7 @@ class IncidentRunner:
         proxies = self._proxies()
         toxics = await proxies.degrade(int(incident.param("latency_ms", 300)), int(incident.param("jitter_ms", 200)))
         try:
-            await asyncio.sleep(incident.duration_s)
+            await self._hold(proxies, incident.duration_s, "latency toxics removed")
         finally:
             await proxies.heal()
         return f"latency toxics {', '.join(toxics)} for {incident.duration_s:g}s, then removed"
@@ -140,7 +140,7 @@ class IncidentRunner:
         before = self.fleet.counters()
         cut = await proxies.cut()
         try:
-            await asyncio.sleep(record.incident.duration_s)
+            await self._hold(proxies, record.incident.duration_s, "proxies enabled again")
             during = self.fleet.counters()
         finally:
             await proxies.reconnect()
@@ -151,6 +151,19 @@ class IncidentRunner:
             f"disabled {', '.join(cut)} for {record.incident.duration_s:g}s: {refused} device requests failed "
             f"(503 or timeout) and were retried with backoff; {acked} ops acknowledged meanwhile"
         )
+
+    @staticmethod
+    async def _hold(proxies: ToxiproxyControl, duration_s: float, undone: str) -> None:
+        """Keep a network incident for `duration_s`, checking that nobody undoes it meanwhile."""
+        began = time.monotonic()
+        while (left := duration_s - (time.monotonic() - began)) > 0:
+            await asyncio.sleep(min(0.5, left))
+            if not await proxies.intact():
+                held = time.monotonic() - began
+                raise ConfigurationError(
+                    f"{undone} by someone else after {held:.1f}s of {duration_s:g}s "
+                    "(a `keel stack up` resets the shared proxies)"
+                )
 
     async def _kill(self, record: IncidentRecord, service: ServiceProcess) -> str:
         async with self._service_lock:  # a restart of one service never overlaps the kill of another

@@ -7,8 +7,8 @@ What the plan holds:
 - **devices**: spread over the tenants; about one in six a legacy build that speaks task v1 only, the rest
   task v1 to v3 (most builds) or v1 and v2; about one in five with a wall clock skewed by up to five minutes;
 - **writes**: each device writes at its own pace, online or offline — creating tasks, renaming, re-prioritising,
-  completing and deleting them, commenting, editing projects — as intents in the newest model that the fleet
-  renders into the version the device speaks at that moment (`deploy/demo/edits.py`);
+  completing and deleting them, commenting, editing projects (`deploy/demo/workload.py`) — as intents in the
+  newest model that the fleet renders into the version the device speaks at that moment (`edits.py`);
 - **contention**: every few seconds per tenant, two or three devices edit the same field of a shared task
   within a second or so of each other, without having seen each other's write — a conflict to resolve;
 - **connectivity**: offline windows on seeded random schedules, one "road warrior" per tenant away for a
@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from deploy.demo.workload import Edit, TenantBoard
 from keel.errors import ValidationError
 
 __all__ = [
@@ -44,27 +45,7 @@ __all__ = [
 
 TENANT_NAMES = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell", "soylent", "oscorp")
 DEVICE_KINDS = ("laptop", "desktop", "phone", "tablet")
-PROJECTS = (("inbox", "#6b7280"), ("launch", "#2563eb"), ("hiring", "#16a34a"), ("offsite", "#d97706"))
-TASK_TITLES = (
-    "Draft the launch plan",
-    "Book the venue",
-    "Review the budget",
-    "Call the supplier",
-    "Update the roadmap",
-    "Prepare the demo",
-    "Fix the login bug",
-    "Write release notes",
-    "Interview candidates",
-    "Order new laptops",
-    "Plan the offsite",
-    "Renew the certificates",
-)
-WORDS = ("urgent", "later", "blocked", "waiting", "done soon", "needs review", "ask Sam", "see notes", "v2", "final")
-LABELS = ("frontend", "backend", "ops", "design", "legal", "q3")
-COMMENTS = ("On it.", "Can we move this?", "Done on my side.", "Needs a second look.", "+1", "Blocked by legal.")
-DUE_DATES = ("2026-07-01", "2026-07-15", "2026-08-01", "1 Sep 2026", "30/09/2026", "next week")
 MAX_SKEW_MS = 5 * 60_000
-SHARED_TASKS = 8
 
 
 class Chaos(enum.StrEnum):
@@ -297,134 +278,9 @@ def _offline_actions(rng: random.Random, device: DeviceSpec, duration_s: float, 
     return actions
 
 
-@dataclass
-class _TenantBoard:
-    """What the plan knows exists in a tenant, to aim edits at."""
-
-    tasks: list[str]
-    comments: list[str]
-    created: dict[str, int]
-
-
-def _task_intent(rng: random.Random, device: DeviceSpec, *, fresh: bool) -> dict[str, Any]:
-    intent: dict[str, Any] = {}
-    if fresh:
-        intent["title"] = rng.choice(TASK_TITLES)
-        intent["project_id"] = f"project-{rng.randrange(len(PROJECTS)) + 1}"
-        intent["status"] = "TODO"
-        if rng.random() < 0.5:
-            intent["priority"] = rng.randint(0, 3)
-        if rng.random() < 0.3:
-            intent["due"] = rng.choice(DUE_DATES)
-        return _for_build(intent, device, rng)
-    choice = rng.random()
-    if choice < 0.3:
-        intent["title"] = f"{rng.choice(TASK_TITLES)} ({rng.choice(WORDS)})"
-    elif choice < 0.5:
-        intent["status"] = rng.choice(("DOING", "DONE") if not device.is_legacy else ("TODO", "DONE"))
-    elif choice < 0.7:
-        intent["priority"] = rng.randint(0, 3)
-        intent["description"] = f"{rng.choice(WORDS)}: {rng.choice(WORDS)}"
-    elif choice < 0.85:
-        intent["description"] = f"{rng.choice(WORDS)} — {rng.choice(COMMENTS)}"
-    else:
-        intent["due"] = rng.choice(DUE_DATES)
-    if rng.random() < 0.25:
-        intent["labels"] = sorted(rng.sample(LABELS, rng.randint(1, 2)))
-    return _for_build(intent, device, rng)
-
-
-def _for_build(intent: dict[str, Any], device: DeviceSpec, rng: random.Random) -> dict[str, Any]:
-    """A legacy build's UI has no priority and no labels: it never states them."""
-    if device.is_legacy:
-        intent.pop("priority", None)
-        intent.pop("labels", None)
-        if not intent:
-            intent["title"] = rng.choice(TASK_TITLES)
-    return intent
-
-
-def _write(rng: random.Random, at_s: float, device: DeviceSpec, board: _TenantBoard) -> Action:  # noqa: PLR0911 - one per kind of edit
-    """One realistic edit by `device` against what exists in its tenant."""
-    short = device.device_id
-    roll = rng.random()
-    if roll < 0.22 or not board.tasks:
-        board.created[short] = board.created.get(short, 0) + 1
-        task = f"{short}-task-{board.created[short]}"
-        board.tasks.append(task)
-        return Action(at_s, short, ActionKind.WRITE, "task", task, tuple(_task_intent(rng, device, fresh=True).items()))
-    if roll < 0.64:
-        task = rng.choice(board.tasks[:SHARED_TASKS] if rng.random() < 0.5 else board.tasks)
-        return Action(
-            at_s, short, ActionKind.WRITE, "task", task, tuple(_task_intent(rng, device, fresh=False).items())
-        )
-    if roll < 0.8:
-        board.created[short] = board.created.get(short, 0) + 1
-        comment = f"{short}-comment-{board.created[short]}"
-        board.comments.append(comment)
-        body = {"task_id": rng.choice(board.tasks), "body": rng.choice(COMMENTS), "author": device.label}
-        return Action(at_s, short, ActionKind.WRITE, "comment", comment, tuple(body.items()))
-    if roll < 0.87:
-        project = rng.randrange(len(PROJECTS))
-        name, color = PROJECTS[project]
-        edit: dict[str, Any] = {"name": f"{name} ({rng.choice(WORDS)})"} if rng.random() < 0.6 else {"color": color}
-        if rng.random() < 0.1:
-            edit = {"archived": rng.random() < 0.5}
-        return Action(at_s, short, ActionKind.WRITE, "project", f"project-{project + 1}", tuple(edit.items()))
-    if roll < 0.92 and board.comments:
-        comment = rng.choice(board.comments)
-        return Action(at_s, short, ActionKind.WRITE, "comment", comment, (("body", rng.choice(COMMENTS)),))
-    if roll < 0.96 and len(board.tasks) > SHARED_TASKS:
-        # Mostly tasks someone created during the run; now and then a shared one (edits of it then conflict).
-        pool = board.tasks[SHARED_TASKS:] if rng.random() < 0.8 else board.tasks[:SHARED_TASKS]
-        return Action(at_s, short, ActionKind.DELETE, "task", rng.choice(pool))
-    if board.comments:
-        return Action(at_s, short, ActionKind.DELETE, "comment", rng.choice(board.comments))
-    return Action(at_s, short, ActionKind.WRITE, "task", board.tasks[0], (("title", rng.choice(TASK_TITLES)),))
-
-
-def _seed_board(rng: random.Random, tenant_devices: list[DeviceSpec]) -> tuple[_TenantBoard, list[Action]]:
-    """The first device of a tenant sets up projects and shared tasks in the first seconds."""
-    owner = tenant_devices[0]
-    board = _TenantBoard([], [], {})
-    actions: list[Action] = []
-    at = 0.5
-    for n, (name, color) in enumerate(PROJECTS, start=1):
-        fields = (("name", name), ("color", color), ("archived", False))
-        actions.append(Action(round(at, 3), owner.device_id, ActionKind.WRITE, "project", f"project-{n}", fields))
-        at += 0.1
-    for n in range(1, SHARED_TASKS + 1):
-        task = f"shared-task-{n}"
-        board.tasks.append(task)
-        intent = _task_intent(rng, owner, fresh=True)
-        actions.append(Action(round(at, 3), owner.device_id, ActionKind.WRITE, "task", task, tuple(intent.items())))
-        at += 0.1
-    return board, actions
-
-
-def _contention(rng: random.Random, at_s: float, devices: list[DeviceSpec], board: _TenantBoard) -> list[Action]:
-    """Two or three devices edit the same field of a shared task within ~1.5 s, none seeing the others."""
-    writers = rng.sample(devices, min(len(devices), rng.choice((2, 2, 3))))
-    task = rng.choice(board.tasks[:SHARED_TASKS])
-    legacy = any(d.is_legacy for d in writers)
-    field = rng.choice(("title", "status", "due") if legacy else ("title", "status", "priority", "description"))
-    actions = []
-    for writer in writers:
-        if field == "title":
-            value: Any = f"{rng.choice(TASK_TITLES)} ({writer.label})"
-        elif field == "status":
-            value = rng.choice(("TODO", "DONE") if legacy else ("TODO", "DOING", "DONE"))
-        elif field == "priority":
-            value = rng.randint(0, 3)
-        elif field == "due":
-            value = rng.choice(DUE_DATES)
-        else:
-            value = f"{writer.label} says: {rng.choice(COMMENTS)}"
-        when = round(at_s + rng.uniform(0.0, 1.5), 3)
-        actions.append(
-            Action(when, writer.device_id, ActionKind.WRITE, "task", task, ((field, value),), contended=True)
-        )
-    return actions
+def _action(at_s: float, device_id: str, edit: Edit, *, contended: bool = False) -> Action:
+    kind = ActionKind.DELETE if edit.delete else ActionKind.WRITE
+    return Action(at_s, device_id, kind, edit.entity_type, edit.entity_id, edit.fields, contended)
 
 
 def _incidents(rng: random.Random, chaos: Chaos, duration_s: float, rollout_tenant: str) -> list[Incident]:
@@ -484,8 +340,10 @@ def make_plan(
     actions: list[Action] = []
     writing_until = duration_s - 2.0  # the last seconds are for pushes in flight
     for members in by_tenant.values():
-        board, seeded = _seed_board(rng, members)
-        actions += seeded
+        board = TenantBoard()
+        owner = members[0].device_id
+        for n, edit in enumerate(board.seed(rng, members[0])):
+            actions.append(_action(round(0.5 + 0.1 * n, 3), owner, edit))
         road_warrior = rng.choice(members[1:])
         for device in members:
             actions += _offline_actions(rng, device, duration_s, device is road_warrior)
@@ -498,10 +356,12 @@ def make_plan(
                 writes.append((round(at, 3), device))
                 at += rng.expovariate(pace)
         for at, device in sorted(writes, key=lambda w: (w[0], w[1].device_id)):
-            actions.append(_write(rng, at, device, board))
+            actions.append(_action(at, device.device_id, board.edit(rng, device)))
         burst = 4.0 + rng.uniform(0, 2)
         while burst < writing_until - 2:
-            actions += _contention(rng, burst, members, board)
+            for writer, edit in board.contention(rng, members):
+                when = round(burst + rng.uniform(0.0, 1.5), 3)  # within 1.5 s: nobody sees the others' write
+                actions.append(_action(when, writer.device_id, edit, contended=True))
             burst += rng.uniform(4.0, 8.0)
     rollout_tenant = tenant_ids[rng.randrange(len(tenant_ids))]
     incidents = _incidents(rng, chaos, duration_s, rollout_tenant)

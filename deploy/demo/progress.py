@@ -79,10 +79,12 @@ class Progress:
                 while not stop.is_set():
                     live.update(self.render())
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.5)
+                        async with asyncio.timeout(0.5):  # not wait_for: it can swallow a cancel on 3.11
+                            await stop.wait()
                 live.update(self.render())
             return
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 5.0)
-            self.console.print(self.line(), highlight=False, soft_wrap=True)
+                async with asyncio.timeout(5.0):  # not wait_for: it can swallow a cancel on 3.11
+                    await stop.wait()
+            self.console.print(self.line(), highlight=False, markup=False, soft_wrap=True)

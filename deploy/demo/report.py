@@ -19,6 +19,7 @@ from projections.decisions import DecisionRecord, describe
 __all__ = [
     "Hotspot",
     "catch_up_summary",
+    "contended_entities",
     "example_decisions",
     "hotspots",
     "lag_series",
@@ -123,6 +124,13 @@ def hotspots(decisions: Iterable[tuple[str, str, str]], top: int = 3) -> list[Ho
         for (entity_type, field), entities in by_field.items()
     ]
     return sorted(spots, key=lambda h: (-h.conflicts, h.entity_type, h.field))
+
+
+def contended_entities(decisions: Iterable[tuple[str, str, str]], top: int = 10) -> list[dict[str, Any]]:
+    """From (tenant, entity type, entity id) per decision: the entities with the most decisions, most first."""
+    counts = Counter(decisions)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return [{"tenant_id": t, "entity_type": e, "entity_id": i, "conflicts": n} for (t, e, i), n in ranked]
 
 
 def example_decisions(records: Sequence[DecisionRecord], count: int = 3) -> list[str]:

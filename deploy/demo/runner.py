@@ -22,10 +22,10 @@ Toxiproxy is restored (toxics removed, proxies enabled) and the services stopped
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
+import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -37,28 +37,23 @@ from typing import IO, Any
 import structlog
 from rich.console import Console
 
-from consumers.projector import migration_registry
-from deploy.demo.fleet import Fleet
+from deploy.demo.fleet import FeedHead, Fleet
 from deploy.demo.html_report import write_html_report
 from deploy.demo.incidents import IncidentRunner
 from deploy.demo.plan import Chaos, DemoPlan, Incident, make_plan
 from deploy.demo.progress import Progress
-from deploy.demo.report import catch_up_summary, example_decisions, hotspots, lag_series, latencies, percentile
+from deploy.demo.proof import RunFacts, print_summary, prove
 from deploy.demo.services import ServiceProcess, free_port
 from deploy.demo.timeline import Timeline
 from deploy.demo.toxiproxy import ToxiproxyControl
-from deploy.verification.checker import AckedOp, DeviceDigest, Evidence, check
-from deploy.verification.evidence import device_evidence, projection_digests, read_log, read_projection
-from deploy.verification.replay import digests_in_versions, replay
+from deploy.verification.evidence import device_evidence
 from keel.errors import ConfigurationError, KeelError
 from keel.kafka_adapter import ensure_topics
 from keel.logging import configure_logging, get_logger
 from keel.settings import Settings
 from producers.gateway.rollout import RolloutFlag
 from producers.gateway.rollout_pg_adapter import PgRolloutFlags
-from projections.digest import empty_digest
 from projections.pg_adapter import Pool, connect_pool, pg_errors
-from projections.pg_store_adapter import PgProjectionStore
 from projections.sql_migrations import in_schema
 from schemas.catalog import Catalog, default_catalog
 from schemas.governance import register_subjects
@@ -81,7 +76,7 @@ class DemoOptions:
     report: Path | None = None
     writes_per_device_s: float = 0.2
     toxiproxy_url: str | None = None
-    drain_timeout_s: float = 180.0
+    drain_timeout_s: float = 180.0  # the whole final phase: drain, projector catch-up, last pulls
 
 
 @dataclass
@@ -234,6 +229,30 @@ def _rollout(
     return roll_out
 
 
+def _feed_head(pool: Pool, schema: str) -> FeedHead:
+    """The cursor of the newest outbox row a device may read now (its tenant's feed and its own notices)."""
+    sql = in_schema(
+        "SELECT tx::text || '.' || pos FROM {schema}.outbox WHERE tenant_id = $1 "
+        "AND (device_id IS NULL OR device_id = $2) ORDER BY tx DESC, pos DESC LIMIT 1",
+        schema,
+    )
+
+    async def head(tenant_id: str, device_id: str) -> str:
+        async with pg_errors("read the feed head"):
+            found = await pool.fetchval(sql, tenant_id, device_id)
+        return str(found or "")
+
+    return head
+
+
+def _dump_tasks(path: Path) -> None:
+    """`kill -USR1 <pid>`: write what every asyncio task of the run is waiting for (a run that seems stuck)."""
+    with path.open("a", encoding="utf-8") as out:
+        out.write(f"---- asyncio tasks at {datetime.now(UTC).isoformat()} ----\n")
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=15, file=out)
+
+
 async def _wait_projected(pool: Pool, schema: str, acknowledged: int, timeout_s: float) -> int:
     """Until the projection holds at least `acknowledged` ops (or the timeout); how many it holds."""
     sql = in_schema("SELECT count(*) FROM {schema}.applied_ops", schema)
@@ -244,12 +263,6 @@ async def _wait_projected(pool: Pool, schema: str, acknowledged: int, timeout_s:
         if projected >= acknowledged or time.monotonic() > deadline:
             return projected
         await asyncio.sleep(0.5)
-
-
-async def _decision_inputs(pool: Pool, schema: str) -> tuple[list[tuple[str, str, str]], list[Any]]:
-    rows = await pool.fetch(in_schema("SELECT entity_type, entity_id, field FROM {schema}.conflict_decisions", schema))
-    records = await PgProjectionStore(pool, schema).decisions(limit=2000)
-    return [(r["entity_type"], r["entity_id"], r["field"]) for r in rows], records
 
 
 async def run_demo(options: DemoOptions, settings: Settings, console: Console) -> DemoResult:  # noqa: PLR0915 - the script
@@ -298,7 +311,12 @@ async def run_demo(options: DemoOptions, settings: Settings, console: Console) -
             await gateway.start()
             run.figures["gateway"] = {"url": gateway_url, "kafka_bootstrap": bootstrap}
             fleet = Fleet(
-                plan, gateway_url, enrollment_secret=run.enrollment_secret, folder=Path(stores), elapsed=run.elapsed
+                plan,
+                gateway_url,
+                enrollment_secret=run.enrollment_secret,
+                folder=Path(stores),
+                elapsed=run.elapsed,
+                feed_head=_feed_head(pool, run.settings.pg_schema),
             )
             console.print(f"  enrolling {len(plan.devices)} devices …")
             await fleet.enroll()
@@ -314,11 +332,27 @@ async def run_demo(options: DemoOptions, settings: Settings, console: Console) -
                 toxiproxy=toxiproxy,
                 console=console,
             )
-            report = await _verify(run, plan, fleet=fleet, pool=pool, registry=registry, played=result, console=console)
+            facts = RunFacts(
+                run_id=run.run_id,
+                settings=run.settings,
+                logs=run.logs,
+                started_wall_ms=run.started_wall_ms,
+                setup=run.figures,
+                samples=result.timeline.samples,
+                incidents=result.incidents.records,
+                drain_stuck=result.drain_stuck,
+                final_phase_s=result.final_phase_s,
+            )
+            report, checker_lines = await prove(facts, plan, fleet=fleet, pool=pool, registry=registry)
+            print_summary(console, report, checker_lines)
         finally:
             if toxiproxy is not None:
-                with contextlib.suppress(KeelError):
+                try:
                     await toxiproxy.aclose()
+                except KeelError as error:  # say so loudly: the shared proxies may be left degraded
+                    console.print(
+                        f"[red]could not restore Toxiproxy ({error}); check `curl {toxiproxy.api_url}/proxies`"
+                    )
             if fleet is not None:
                 await fleet.close()
             for service in reversed(services):
@@ -379,6 +413,8 @@ async def _play(
     run.started_wall_ms = int(time.time() * 1000)
     run.phase = "running"
     watchers = [asyncio.create_task(timeline.run(stop)), asyncio.create_task(progress.run(stop))]
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks, run.logs / "tasks.txt")
     try:
         await asyncio.gather(fleet.play(), incidents.run())
         remaining = plan.duration_s - run.elapsed()
@@ -395,193 +431,26 @@ async def _play(
         if plan.rollout_tenant is not None:
             # Devices of the cohort that were away during the rollout handshake again now they are back.
             await fleet.upgrade_now([d.device_id for d in plan.devices if d.tenant_id == plan.rollout_tenant])
+        deadline = time.monotonic() + options.drain_timeout_s
+
+        def left() -> float:
+            return max(5.0, deadline - time.monotonic())
+
         run.phase = "draining"
-        stuck = await fleet.drain(options.drain_timeout_s)
+        stuck = await fleet.drain(left())
         acknowledged = sum(len(device_evidence(m.device).acknowledged) for m in fleet.members.values())
         run.phase = "projector catching up"
-        projected = await _wait_projected(pool, run.settings.pg_schema, acknowledged, options.drain_timeout_s)
+        projected = await _wait_projected(pool, run.settings.pg_schema, acknowledged, left())
         run.phase = "devices pulling the last changes"
-        stuck = sorted(set(stuck) | set(await fleet.drain(options.drain_timeout_s)))
+        stuck = sorted(set(stuck) | set(await fleet.drain(left())))
         fleet.watch_versions()
-        await fleet.settle_watches()
-        stuck = sorted(set(stuck) | set(await fleet.drain(options.drain_timeout_s)))
+        await fleet.settle_watches(min(30.0, left()))
+        stuck = sorted(set(stuck) | set(await fleet.drain(left())))
         await fleet.stop_syncing()
         await timeline.sample()
         run.phase = "verifying"
         return _Played(timeline, incidents, stuck, time.monotonic() - final_began, projected)
     finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
         stop.set()
         await asyncio.gather(*watchers, return_exceptions=True)
-
-
-async def _verify(
-    run: _Run,
-    plan: DemoPlan,
-    *,
-    fleet: Fleet,
-    pool: Pool,
-    registry: ConfluentSchemaRegistry,
-    played: _Played,
-    console: Console,
-) -> dict[str, Any]:
-    """Phase 5 and the report's content."""
-    migrations = migration_registry(run.settings)
-    catalog = default_catalog()
-    devices = [device_evidence(m.device) for m in fleet.members.values()]
-    acknowledged: list[AckedOp] = [op for d in devices for op in d.acknowledged]
-    device_digests: list[DeviceDigest] = [digest for d in devices for digest in d.digests]
-    versions: dict[str, set[int]] = {entity: {catalog.current_version(entity)} for entity in catalog.entities()}
-    for digest in device_digests:
-        versions[digest.entity_type].add(digest.version)
-    projection = await read_projection(pool, run.settings.pg_schema)
-    projected_digests = await projection_digests(pool, run.settings.pg_schema, versions, migrations, catalog)
-    log = await read_log(run.settings, registry, migrations, catalog=catalog)
-    clean = replay(log.events)
-    replay_digests = digests_in_versions(
-        {entity: clean.visible_rows(entity) for entity in versions}, versions, migrations, catalog
-    )
-    consumed = {d.device_id: d.quarantined for d in devices}
-    for device_id, seqs in projection.consumed_without_event.items():
-        consumed[device_id] = consumed.get(device_id, frozenset()) | seqs
-    verdict = check(
-        Evidence(
-            acknowledged=acknowledged,
-            applied=projection.applied,
-            consumed_without_event=consumed,
-            feed_event_ids=projection.feed_event_ids,
-            log=log.entries,
-            device_digests=device_digests,
-            projection_digests=projected_digests,
-            replay_digests=replay_digests,
-        )
-    )
-    pairs = latencies(log.accepted_at_ms, projection.applied_at_ms)
-    values = [float(latency) for _, latency in pairs]
-    reconnects = [r for m in fleet.members.values() for r in m.reconnects]
-    catch_up = catch_up_summary(reconnects)
-    decision_rows, decision_records = await _decision_inputs(pool, run.settings.pg_schema)
-    spots = hotspots(decision_rows)
-    examples = example_decisions(decision_records)
-    pending = sum(d.pending for d in devices)
-    counters = fleet.counters()
-    converged = verdict.ok and pending == 0 and not played.drain_stuck
-    per_tenant: dict[str, Any] = {}
-    for tenant in plan.tenants:
-        members = [d for d in devices if d.tenant_id == tenant]
-        per_tenant[tenant] = {
-            "devices": len(members),
-            "digests": {
-                f"{entity}.v{version}": projected_digests.get((tenant, entity, version))
-                for entity in sorted(versions)
-                for version in sorted(versions[entity])
-                if (tenant, entity, version) in projected_digests
-            },
-            "device_versions": {d.device_id: {x.entity_type: x.version for x in d.digests} for d in members},
-            "devices_matching": sum(
-                all(projected_digests.get(x.key, empty_digest()) == x.digest for x in d.digests) for d in members
-            ),
-        }
-    report: dict[str, Any] = {
-        "converged": converged,
-        "devices": len(plan.devices),
-        "tenants": len(plan.tenants),
-        "acked_ops": len(acknowledged),
-        "projected_ops": verdict.applied,
-        "lost": verdict.lost,
-        "duplicated": verdict.duplicated,
-        "conflicts": projection.decisions,
-        "p50_ms": percentile(values, 0.5),
-        "p99_ms": percentile(values, 0.99),
-        "max_catch_up_s": catch_up["max_catch_up_s"],
-        "seed": plan.seed,
-        "chaos": plan.chaos.value,
-        "duration_s": plan.duration_s,
-        "run_id": run.run_id,
-        "plan_fingerprint": plan.fingerprint(),
-        "started_at": datetime.fromtimestamp(run.started_wall_ms / 1000, tz=UTC).isoformat(),
-        "setup": run.figures,
-        "names": {
-            "topic_prefix": run.settings.topic_prefix,
-            "pg_schema": run.settings.pg_schema,
-            "consumer_group": run.settings.consumer_group,
-            "logs": str(run.logs),
-        },
-        "ops": {
-            "written": counters.written,
-            "acknowledged": len(acknowledged),
-            "projected": verdict.applied,
-            "pending_on_devices": pending,
-            "quarantined": sum(len(d.quarantined) for d in devices),
-            "log_records": len(log.entries),
-            "log_undecodable": log.undecodable,
-            "redeliveries_in_log": clean.redeliveries,
-            "contended_writes_planned": plan.contended_writes,
-        },
-        "latency_ms": {
-            "p50": percentile(values, 0.5),
-            "p90": percentile(values, 0.9),
-            "p99": percentile(values, 0.99),
-            "max": max(values, default=0.0),
-            "samples": len(values),
-        },
-        "catch_up": catch_up,
-        "retries": counters.retries,
-        "handshakes": counters.handshakes,
-        "entities_repaired": counters.repaired,
-        "final_phase_s": round(played.final_phase_s, 1),
-        "drain_stuck": played.drain_stuck,
-        "incidents": [r.as_json() for r in played.incidents.records],
-        "rollout": {
-            "tenant": plan.rollout_tenant,
-            "version_changes": [
-                {
-                    "device_id": c.device_id,
-                    "entity_type": c.entity_type,
-                    "from": c.before,
-                    "to": c.after,
-                    "at_s": round(c.at_s, 2),
-                }
-                for c in fleet.version_changes
-            ],
-            "task_versions": {
-                d.device_id: next((x.version for x in d.digests if x.entity_type == "task"), None) for d in devices
-            },
-        },
-        "per_tenant": per_tenant,
-        "hotspots": [s.as_json() for s in spots],
-        "example_decisions": examples,
-        "checker": verdict.as_json(),
-        "timeline": [s.as_json() for s in played.timeline.samples],
-        "lag": lag_series(pairs, run.started_wall_ms),
-    }
-    _print_summary(console, report, verdict.summary())
-    return report
-
-
-def _print_summary(console: Console, report: dict[str, Any], checker_lines: list[str]) -> None:
-    verdict = "[bold green]CONVERGED[/bold green]" if report["converged"] else "[bold red]NOT CONVERGED[/bold red]"
-    console.print()
-    console.print(f"{verdict}: {report['devices']} devices in {report['tenants']} tenants, seed {report['seed']}")
-    ops = report["ops"]
-    console.print(
-        f"  ops: {ops['written']} written, {report['acked_ops']} acknowledged, {report['projected_ops']} projected; "
-        f"lost {report['lost']}, applied twice {report['duplicated']}"
-    )
-    console.print(
-        f"  push→projected latency p50 {report['p50_ms']:.0f} ms, p99 {report['p99_ms']:.0f} ms; "
-        f"longest catch-up {report['max_catch_up_s']:.1f}s"
-    )
-    longest = report["catch_up"]["longest_offline"]
-    if longest:
-        caught = "did not catch up" if longest["catch_up_s"] is None else f"caught up in {longest['catch_up_s']:.1f}s"
-        console.print(f"  longest offline: {longest['device_id']} away {longest['offline_s']:.0f}s, {caught}")
-    for incident in report["incidents"]:
-        mark = "[green]ok[/green]" if incident["ok"] else "[red]FAILED[/red]"
-        console.print(
-            f"  incident at {incident['started_at_s']}s {mark}: {incident['description']} — {incident['detail']}"
-        )
-    console.print(f"  conflicts resolved: {report['conflicts']}; three of them in words:")
-    for example in report["example_decisions"]:
-        console.print("    " + example.replace("\n", "\n    "), highlight=False)
-    for line in checker_lines:
-        console.print(f"  checker: {line}", highlight=False)

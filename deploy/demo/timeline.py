@@ -100,7 +100,8 @@ class Timeline:
         while not stop.is_set():
             await self.sample()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):  # not wait_for: it can swallow a cancel on 3.11
+                    await stop.wait()
 
     @property
     def latest(self) -> Sample | None:

@@ -112,6 +112,18 @@ class ToxiproxyControl:
             await self._call("POST", f"/proxies/{proxy}", {"enabled": True})
             self._disabled.discard(proxy)
 
+    async def intact(self) -> bool:
+        """Whether this run's toxics are still there and the proxies it disabled still disabled.
+
+        The proxies are shared: another `keel stack up` resets them (enabled, no toxics), which would quietly
+        end an incident early; the incidents check this while they last.
+        """
+        proxies = await self.kafka_proxies()
+        for proxy, toxic in self._toxics:
+            if toxic not in {t.get("name") for t in proxies.get(proxy, {}).get("toxics", [])}:
+                return False
+        return all(not proxies.get(proxy, {}).get("enabled", True) for proxy in self._disabled)
+
     async def restore(self) -> None:
         """Undo everything this run changed (idempotent; for `finally` blocks)."""
         try:

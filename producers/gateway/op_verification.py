@@ -144,9 +144,21 @@ class ChainVerifier:
         self.keys = keys
         self.require_signed = require_signed
 
-    async def begin(self, device_id: str, session: LedgerSession, head: int) -> DeviceChain:
-        """The chain state at `head`: its predecessor link and the refused seqs no record has carried."""
-        keys = await self.keys.keys_of(device_id)
+    async def keys_of(self, device_id: str) -> list[DeviceKey]:
+        """The device's keys; read *before* its ledger session opens (see `begin`)."""
+        return await self.keys.keys_of(device_id)
+
+    async def begin(
+        self, device_id: str, session: LedgerSession, head: int, keys: list[DeviceKey] | None = None
+    ) -> DeviceChain:
+        """The chain state at `head`: its predecessor link and the refused seqs no record has carried.
+
+        Pass the `keys` read before the session: reading them inside it takes a second pooled connection
+        while the session holds one, and with as many devices pushing as the pool has connections every
+        session waits for a connection no session gives back (PostgreSQL adapters share one pool).
+        """
+        if keys is None:
+            keys = await self.keys.keys_of(device_id)
         if not keys and not self.require_signed:
             return DeviceChain(device_id)
         chain = DeviceChain(device_id, keys, required=True)

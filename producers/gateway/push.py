@@ -363,10 +363,14 @@ class PushService:
         self, claims: DeviceClaims, items: list[_Item], trace: str | None, verdicts: _Verdicts
     ) -> tuple[int, int]:
         """Judge, produce and record a push under the device's ledger lock; (head before, next expected seq)."""
+        # Keys first: a session holds a pooled connection, and waiting inside it for a second one deadlocks
+        # the pool once as many devices push at once as it has connections (a key registered meanwhile
+        # was never ordered against the push: registration does not take the device's lock).
+        keys = await self._chains.keys_of(claims.device_id) if self._chains is not None else None
         async with self._ledger.session(claims.tenant_id, claims.device_id) as session:
             head = await session.head()
             if self._chains is not None:
-                verdicts.chain = await self._chains.begin(claims.device_id, session, head)
+                verdicts.chain = await self._chains.begin(claims.device_id, session, head, keys)
             known = await session.outcomes([item.seq for item in items if item.seq <= head])
             expected = head + 1
             accepted_at = self._wall()

@@ -29,7 +29,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from keel.errors import AuthError, ConfigurationError
+from keel.errors import AuthError, ConfigurationError, TransientError
 from keel.logging import get_logger
 from producers.gateway.signing_keys import (
     InMemorySigningKeyStore,
@@ -180,7 +180,16 @@ class TokenAuthority:
             moment = self._monotonic()
             if not force and moment - self._loaded_at < self.refresh_s:
                 return
-            self._keys = self._key_set(await self._store.keys())
+            try:
+                keys = await self._store.keys()
+            except TransientError as error:
+                if not self._keys.verifiers:
+                    raise
+                # The store is down: keep verifying with the keys we have, try again in a second.
+                self._loaded_at = moment - self.refresh_s + 1.0
+                _log.warning("token keys not refreshed; using the cached ones", error=str(error))
+                return
+            self._keys = self._key_set(keys)
             self._loaded_at = self._monotonic()
 
     async def _refresh_for_unknown_kid(self) -> None:

@@ -71,6 +71,10 @@ def report(converged: bool = True) -> dict[str, Any]:
                 "top_entities": [{"entity_id": "t2", "conflicts": 4}],
             },
         ],
+        "contended_entities": [
+            {"tenant_id": "acme", "entity_type": "task", "entity_id": "t2", "conflicts": 4},
+            {"tenant_id": "acme", "entity_type": "comment", "entity_id": "acme-laptop-09-comment-12", "conflicts": 3},
+        ],
         "example_decisions": ['Decision 1 (last-writer-wins)\n  Kept: "a"', "Decision 2", "Decision 3"],
         "catch_up": {
             "longest_offline": {
@@ -104,19 +108,23 @@ def test_the_page_holds_every_plot_and_needs_nothing_from_elsewhere(tmp_path: Pa
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "CONVERGED" in page
     assert "disabled kafka-1 &lt;for&gt; 8s" in page, "text from the run is escaped"
+    assert "acme · task t2" in page
+    assert "acme · comment acme-laptop-09-com…" in page, "long labels are shortened to fit"
 
 
 def test_a_run_that_did_not_converge_says_so_and_lists_the_findings() -> None:
     failed = report(converged=False)
     failed["checker"]["findings"] = [{"kind": "lost", "subject": "d1", "detail": "seq 5"}]
+    failed["drain_stuck"] = [{"device_id": "d2", "pending": 4, "quarantined": 0, "last_error": "push: HTTP 503"}]
     page = render_html(failed)
     assert "NOT CONVERGED" in page
     assert "<b>lost</b> d1: seq 5" in page
+    assert "<b>d2</b>: 4 ops queued; last error: push: HTTP 503" in page
 
 
 def test_a_run_without_conflicts_or_incidents_still_renders() -> None:
     quiet = report()
-    quiet.update({"hotspots": [], "incidents": [], "example_decisions": [], "lag": []})
+    quiet.update({"hotspots": [], "contended_entities": [], "incidents": [], "example_decisions": [], "lag": []})
     page = render_html(quiet)
     assert "no conflicts in this run" in page
     assert "No incidents" in page

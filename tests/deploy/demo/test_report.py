@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from deploy.demo.fleet import Reconnect
-from deploy.demo.report import catch_up_summary, example_decisions, hotspots, lag_series, latencies, percentile
+from deploy.demo.report import (
+    catch_up_summary,
+    contended_entities,
+    example_decisions,
+    hotspots,
+    lag_series,
+    latencies,
+    percentile,
+)
 from projections.conflict_rules import ALL_FIELDS, Decision
 from projections.decisions import DecisionRecord
 
@@ -69,6 +77,14 @@ def test_hotspots_rank_fields_by_conflicts_and_name_the_busiest_entities() -> No
     ]
     assert spots[0].top_entities == (("t1", 3), ("t2", 1))
     assert spots[0].as_json()["top_entities"][0] == {"entity_id": "t1", "conflicts": 3}
+
+
+def test_contended_entities_are_counted_per_tenant() -> None:
+    rows = [("acme", "task", "t1")] * 2 + [("globex", "task", "t1"), ("acme", "comment", "c1")]
+    assert contended_entities(rows, top=2) == [
+        {"tenant_id": "acme", "entity_type": "task", "entity_id": "t1", "conflicts": 2},
+        {"tenant_id": "acme", "entity_type": "comment", "entity_id": "c1", "conflicts": 1},
+    ]
 
 
 def decision(n: int, field: str, entity_type: str = "task") -> DecisionRecord:

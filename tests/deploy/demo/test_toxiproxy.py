@@ -94,3 +94,17 @@ async def test_proxies_someone_else_disabled_are_waited_for_then_refused() -> No
         await control.proxied_bootstrap(wait_enabled_s=0.0)
     await control.aclose()
     assert fake.proxies["kafka-1"]["enabled"] is False, "not ours to enable"
+
+
+async def test_an_incident_undone_by_someone_else_is_noticed() -> None:
+    fake = stack()
+    control = ToxiproxyControl("http://toxiproxy", "run-5", transport=httpx.MockTransport(fake.handle))
+    await control.degrade(10, 5)
+    await control.cut()
+    assert await control.intact()
+    fake.proxies["kafka-1"]["enabled"] = True  # another `keel stack up` reset the proxy
+    assert not await control.intact()
+    fake.proxies["kafka-1"]["enabled"] = False
+    fake.proxies["kafka-1"]["toxics"] = []
+    assert not await control.intact()
+    await control.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -14,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from keel.errors import AuthError, ConfigurationError
+from keel.errors import AuthError, ConfigurationError, ServiceUnavailableError
 from producers.gateway.signing_keys import InMemorySigningKeyStore, SigningKey
 from producers.gateway.tokens import AUDIENCE, ISSUER, MAX_TTL_S, TokenAuthority
 
@@ -214,3 +215,16 @@ async def test_made_up_key_ids_cost_at_most_one_store_read_a_second() -> None:
         with pytest.raises(AuthError, match="unknown signing key id"):
             await tokens.verify(forge(claims(), SigningKey(f"kid-{index}", key.private_pem, 0, 0)))
     assert reads - before <= 2
+
+
+async def test_an_outage_of_the_key_store_keeps_the_cached_keys_verifying() -> None:
+    store = InMemorySigningKeyStore()
+    tokens = TokenAuthority(store=store, refresh_s=0.01)
+    await tokens.start()
+    token, _ = await tokens.issue("acme", "dev-1", {})
+    store.available = False
+    await asyncio.sleep(0.02)  # the cache is stale: the next use tries the store
+    assert (await tokens.verify(token)).device_id == "dev-1"
+    cold = TokenAuthority(store=store)
+    with pytest.raises(ServiceUnavailableError):
+        await cold.start()

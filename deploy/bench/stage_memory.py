@@ -1,0 +1,220 @@
+"""Stage `memory`: gateway and projector RSS as the backlog grows tenfold, and payloads from 100 B to 100 KB.
+
+Backlog: with the projector stopped, devices push a backlog of `memory_backlog` ops through a fresh
+`keel run gateway` as fast as they can (the gateway's peak RSS while it takes them), then a fresh `keel run
+projector` works the backlog off (its peak RSS); then the same with ten times the ops. Flat means the peak at
+10× stays within 10 % of the peak at 1×: nothing grows with the backlog.
+
+Payload sizes: for each size a fresh gateway (op limit raised to 256 KB, the bench's only non-default
+setting) and projector run side by side while devices push about `payload_bytes` of task v3 payloads; the
+figure is ops/s from the first push until the last op is projected, with MB/s and both services' peak RSS,
+against bare aiokafka produce→consume of records of the same size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from deploy.bench.config import BenchConfig
+from deploy.bench.context import BenchContext
+from deploy.bench.figures import Figure, Goal, Target
+from deploy.bench.load import Fleet, ProjectionWatch
+from deploy.bench.raw_kafka import produce_consume
+from deploy.bench.services import ServiceProcess, gateway_process, projector_process
+from deploy.bench.workload import LARGE_VERSION, TASK_VERSION, Workload
+from keel.event_log import OutgoingRecord
+from keel.kafka_adapter import TopicSpec, ensure_topics
+from schemas.envelope import TraceHeaders
+from schemas.event_encoder import EventEncoder
+from schemas.registry_adapter import ConfluentSchemaRegistry
+
+__all__ = ["run_memory"]
+
+FLAT_10_PERCENT = Target(Goal.RATIO_AT_LEAST, 1 / 1.1)
+MB = 1024 * 1024
+DEVICES = 16
+MAX_OP_BYTES = 256 * 1024
+
+
+@contextlib.asynccontextmanager
+async def _peak_rss(process: ServiceProcess, interval_s: float = 0.05) -> AsyncIterator[list[int]]:
+    """Sample `process`' RSS while the block runs; the list's single item is the peak (bytes)."""
+    peak = [process.rss_bytes()]
+
+    async def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], process.rss_bytes())
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield peak
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        peak[0] = max(peak[0], process.rss_bytes())
+
+
+async def _backlog(context: BenchContext, ops: int, label: str) -> tuple[float, float]:
+    """(gateway peak MB taking `ops` with no projector running, projector peak MB working them off)."""
+    names = context.names(label)
+    settings = names.settings(context.settings)
+    await context.create_topics(settings)
+    gateway, url = gateway_process(settings, context.log_dir)
+    projector = projector_process(settings, context.log_dir)
+    watch = ProjectionWatch(settings.database_url, settings.pg_schema)
+    await gateway.start()
+    fleet = Fleet(url, Workload(devices=DEVICES, tag=f"{context.tag}-{label}").streams(), batch=200)
+    try:
+        await fleet.start()
+        async with _peak_rss(gateway) as gateway_peak:
+            await fleet.push_count(ops)
+        await fleet.close()
+        await gateway.stop()
+        await projector.start()
+        await watch.start()
+        async with _peak_rss(projector) as projector_peak:
+            await watch.wait_for(ops, timeout_s=1_200)
+    finally:
+        await fleet.close()
+        await watch.close()
+        await projector.stop()
+        await gateway.stop()
+    return gateway_peak[0] / MB, projector_peak[0] / MB
+
+
+async def _bare_rate(context: BenchContext, prefix: str, workload: Workload, ops: int) -> float:
+    """Bare aiokafka produce→consume ops/s of `ops` records encoded like the gateway's, of the workload's size."""
+    settings = context.settings.model_copy(update={"topic_prefix": prefix})
+    registry = ConfluentSchemaRegistry(settings.registry_url)
+    try:
+        encoder = EventEncoder(registry, settings.topic_for, auto_register=True)
+        headers = TraceHeaders({TraceHeaders.ACCEPTED_AT_MS: str(int(time.time() * 1000)).encode()})
+        records = []
+        for event in workload.events(ops):
+            record = await encoder.record(event, headers)
+            records.append(OutgoingRecord(f"{prefix}.bare", record.key, record.value, record.headers))
+    finally:
+        await registry.close()
+    await ensure_topics(settings, [TopicSpec(f"{prefix}.bare", settings.change_topic_partitions, 1)])
+    return await produce_consume(settings, records, settings.change_topic_partitions)
+
+
+async def _payload(context: BenchContext, size: int, budget: int, label: str) -> dict[str, float]:
+    """Ops/s, MB/s and peak RSS of both services for payloads of `size` bytes, and the bare Kafka rate."""
+    names = context.names(label)
+    settings = names.settings(context.settings)
+    await context.create_topics(settings)
+    ops = max(40, min(20_000, budget // size))
+    batch = max(1, min(200, 700_000 // (size + 700)))  # under the 1 MB request body limit
+    version = LARGE_VERSION if size > 8_000 else TASK_VERSION
+    workload = Workload(devices=8, tag=f"{context.tag}-{label}", payload_bytes=size, version=version)
+    gateway, url = gateway_process(settings, context.log_dir, KEEL_GATEWAY_MAX_OP_BYTES=str(MAX_OP_BYTES))
+    projector = projector_process(settings, context.log_dir)
+    watch = ProjectionWatch(settings.database_url, settings.pg_schema)
+    fleet = Fleet(url, workload.streams(), batch=batch)
+    try:
+        await gateway.start()
+        await projector.start()
+        await watch.start()
+        await fleet.start()
+        async with _peak_rss(gateway) as gateway_peak, _peak_rss(projector) as projector_peak:
+            began = time.perf_counter()
+            await fleet.push_count(ops)
+            await watch.wait_for(ops, timeout_s=1_200)
+            seconds = time.perf_counter() - began
+    finally:
+        await fleet.close()
+        await watch.close()
+        await projector.stop()
+        await gateway.stop()
+    bare = await _bare_rate(
+        context, names.prefix, Workload(devices=8, tag=f"{context.tag}-{label}b", payload_bytes=size, version=version), ops
+    )
+    return {
+        "ops_per_s": ops / seconds,
+        "mb_per_s": ops * size / seconds / MB,
+        "gateway_peak_mb": gateway_peak[0] / MB,
+        "projector_peak_mb": projector_peak[0] / MB,
+        "bare_ops_per_s": bare,
+        "ops": ops,
+    }
+
+
+async def run_memory(config: BenchConfig, context: BenchContext) -> list[Figure]:
+    """Backlog 1× vs 10× (peak RSS of each service), then every payload size, `repetitions` times."""
+    peaks: dict[str, list[float]] = {}
+    for repetition in range(config.repetitions):
+        for scale in (1, 10):
+            gateway_mb, projector_mb = await _backlog(
+                context, config.memory_backlog * scale, f"mem{scale}x{repetition}"
+            )
+            peaks.setdefault(f"gateway_{scale}", []).append(gateway_mb)
+            peaks.setdefault(f"projector_{scale}", []).append(projector_mb)
+    sizes: dict[int, list[dict[str, float]]] = {}
+    for repetition in range(config.repetitions):
+        for size in config.payload_sizes:
+            sizes.setdefault(size, []).append(
+                await _payload(context, size, config.payload_bytes, f"pay{size}x{repetition}")
+            )
+    backlog = {"small_ops": config.memory_backlog, "large_ops": config.memory_backlog * 10, "devices": DEVICES}
+    figures = [
+        Figure(
+            "memory.gateway_backlog_10x",
+            f"gateway peak RSS taking {config.memory_backlog * 10:,} ops (devices' backlog after an outage)",
+            "MB",
+            peaks["gateway_10"],
+            peaks["gateway_1"],
+            f"the same taking {config.memory_backlog:,} ops",
+            higher_is_better=False,
+            target=FLAT_10_PERCENT,
+            extra=backlog,
+        ),
+        Figure(
+            "memory.projector_backlog_10x",
+            f"projector peak RSS working off a backlog of {config.memory_backlog * 10:,} events",
+            "MB",
+            peaks["projector_10"],
+            peaks["projector_1"],
+            f"the same with {config.memory_backlog:,} events",
+            higher_is_better=False,
+            target=FLAT_10_PERCENT,
+            extra=backlog,
+        ),
+    ]
+    smallest, largest = min(config.payload_sizes), max(config.payload_sizes)
+    for size in config.payload_sizes:
+        runs = sizes[size]
+        figures.append(
+            Figure(
+                f"memory.payload_{size}",
+                f"push → projected with {size:,}-byte payloads, ops/s",
+                "ops/s",
+                [run["ops_per_s"] for run in runs],
+                [run["bare_ops_per_s"] for run in runs],
+                "bare aiokafka produce→consume of records of the same size",
+                extra={
+                    "ops": runs[0]["ops"],
+                    "mb_per_s": [round(run["mb_per_s"], 2) for run in runs],
+                    "gateway_peak_mb": [round(run["gateway_peak_mb"], 1) for run in runs],
+                    "projector_peak_mb": [round(run["projector_peak_mb"], 1) for run in runs],
+                },
+            )
+        )
+    for service in ("gateway", "projector"):
+        figures.append(
+            Figure(
+                f"memory.{service}_payload_{largest}",
+                f"{service} peak RSS with {largest:,}-byte payloads",
+                "MB",
+                [run[f"{service}_peak_mb"] for run in sizes[largest]],
+                [run[f"{service}_peak_mb"] for run in sizes[smallest]],
+                f"the same with {smallest:,}-byte payloads",
+                higher_is_better=False,
+            )
+        )
+    return figures
