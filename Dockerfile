@@ -32,6 +32,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     KEEL_GATEWAY_HOST=0.0.0.0 \
+    KEEL_PROJECTOR_HEALTH_HOST=0.0.0.0 \
+    KEEL_DASHBOARD_HOST=0.0.0.0 \
     KEEL_LOG_JSON=true
 # A fixed numeric uid lets Kubernetes verify runAsNonRoot without reading /etc/passwd.
 RUN groupadd --system --gid 10001 keel \

@@ -8,7 +8,7 @@ KEEL   := $(BIN)/keel
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: install stack stack-down demo test test-long check bench clean k8s-validate k8s-schemas asyncapi
+.PHONY: install stack stack-down demo test test-secure test-long check bench clean k8s-validate k8s-schemas asyncapi
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: install
 # Starts what the tests need and stops it after, unless it was already running before.
 test: install
 	@bash scripts/with-stack.sh $(BIN)/pytest -m "not long" $(PYTEST_ARGS)
+
+# The same suite against `keel stack up --secure` (SASL_SSL/SCRAM + ACLs, PostgreSQL passwords) in .keel-secure/
+# on ports of its own (scripts/with-stack.sh), so a plaintext stack already running is left alone.
+test-secure: install
+	@bash scripts/with-stack.sh --secure $(BIN)/pytest -m "not long" $(PYTEST_ARGS)
 
 test-long: install
 	@bash scripts/with-stack.sh $(BIN)/pytest $(PYTEST_ARGS)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from consumers.signature_check import SignatureCheck
 from keel.errors import DecodeError, IntegrityError, PermanentError, UnknownSchemaError, ValidationError

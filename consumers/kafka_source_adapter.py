@@ -134,11 +134,9 @@ class KafkaSource:
         """The fetch position (resolved from the group or the log start when not yet known)."""
         try:
             # position() waits (up to the request timeout) while a position is being reset; callers only poll.
-            return int(
-                await asyncio.wait_for(
-                    self._consumer.position(KafkaPartition(partition.topic, partition.partition)), 2.0
-                )
-            )
+            # Not `asyncio.wait_for`: on 3.11 it can lose a cancel that arrives as the position resolves (gh-86296).
+            async with asyncio.timeout(2.0):
+                return int(await self._consumer.position(KafkaPartition(partition.topic, partition.partition)))
         except (KafkaError, TimeoutError) as error:  # IllegalStateError (a KafkaError): no longer owned
             raise ServiceUnavailableError("kafka", f"position of {partition}: {error!r}") from error
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 from consumers.checkpointer import periodic_checkpoints
 from consumers.dead_letter import DeadLetterQueue
 from consumers.decoder import EventDecoder, entity_of_topic
+from consumers.failpoints import Failpoints
 from consumers.health import HealthReport, HealthServer
 from consumers.kafka_source_adapter import KafkaSource
 from consumers.runtime import ConsumerRuntime, RuntimeConfig
@@ -27,7 +28,7 @@ from consumers.signature_check import signature_check
 from consumers.watchdog import Supervisor
 from keel.backoff import Backoff
 from keel.errors import KeelError, TransientError
-from keel.kafka_adapter import AioKafkaLogWriter, TopicSpec, ensure_topics
+from keel.kafka_adapter import AioKafkaLogWriter, ensure_topics
 from keel.lifecycle import State
 from keel.logging import get_logger
 from keel.settings import Settings
@@ -36,6 +37,7 @@ from projections.batch import TopicPartition
 from projections.pg_adapter import Pool, connect_pool
 from projections.pg_store_adapter import PgProjectionStore
 from projections.sql_migrator_adapter import migrate
+from projections.topics import change_topics, topic_specs  # shared with the gateway; re-exported
 from schemas.catalog import Catalog, default_catalog
 from schemas.domain_migrations import build_registry, configured_disabled_migrations
 from schemas.migrations import MigrationRegistry
@@ -47,21 +49,6 @@ _log = get_logger("projector")
 T = TypeVar("T")
 DRAIN_TIMEOUT_S = 30.0
 LAG_SAMPLE_S = 5.0
-
-
-def change_topics(settings: Settings, catalog: Catalog | None = None) -> list[str]:
-    """The change topic of every entity type."""
-    return [settings.topic_for(entity) for entity in (catalog or default_catalog()).entities()]
-
-
-def topic_specs(settings: Settings, catalog: Catalog | None = None) -> list[TopicSpec]:
-    """Change topics (retention.ms=-1: rebuilds replay from the start) and the DLQ."""
-    specs = [
-        TopicSpec(topic, settings.change_topic_partitions, settings.change_topic_replication, {"retention.ms": "-1"})
-        for topic in change_topics(settings, catalog)
-    ]
-    specs.append(TopicSpec(settings.dlq_topic, settings.change_topic_partitions, settings.change_topic_replication))
-    return specs
 
 
 def migration_registry(settings: Settings, catalog: Catalog | None = None) -> MigrationRegistry:
@@ -79,8 +66,10 @@ async def _until_available(what: str, operation: Callable[[], Awaitable[T]], sto
         except TransientError as error:
             delay = backoff.next_delay()
             _log.warning("dependency unavailable at start", what=what, error=str(error), delay_s=round(delay, 2))
+            # Not `asyncio.wait_for`: on 3.11 it swallows a cancel arriving as `stop` is set (CPython gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
     return None
 
 
@@ -98,7 +87,9 @@ class Projector:
         self.settings = settings
         self.catalog = catalog or default_catalog()
         self.health = HealthServer(
-            self.report, port=settings.projector_health_port if health_port is None else health_port
+            self.report,
+            host=settings.projector_health_host,
+            port=settings.projector_health_port if health_port is None else health_port,
         )
         self.supervisor: Supervisor | None = None
         self.started_at = time.monotonic()
@@ -141,7 +132,8 @@ class Projector:
                         if p in runtime.positions
                     }
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.lag_sample_s)
+                async with asyncio.timeout(self.lag_sample_s):  # not wait_for: see _until_available
+                    await stop.wait()
         self.lag = {}
 
     def report(self) -> HealthReport:
@@ -207,7 +199,8 @@ class Projector:
             if await _until_available("kafka producer", start_writer, stop) is None:
                 return
             stack.push_async_callback(writer.stop)
-            store = PgProjectionStore(pool, settings.pg_schema)
+            failpoints = Failpoints(settings.projector_failpoints)  # test only; none armed by default
+            store = PgProjectionStore(pool, settings.pg_schema, before_commit=lambda: failpoints.hit("in-transaction"))
             self.migrations = migration_registry(settings, self.catalog)
             decoder = EventDecoder(
                 registry,
@@ -232,7 +225,7 @@ class Projector:
                     instance_id=settings.consumer_instance_id,
                     session_timeout_ms=settings.consumer_session_timeout_ms,
                 )
-                return ConsumerRuntime(source, store, decoder, dead_letters, config)
+                return ConsumerRuntime(source, store, decoder, dead_letters, config, failpoints=failpoints)
 
             self.supervisor = Supervisor(runtime, stall_s=settings.projector_stall_s)
             self.ready_event.set()

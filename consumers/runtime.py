@@ -31,6 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from consumers.dead_letter import DeadLetter, DeadLetterQueue
 from consumers.decoder import EventDecoder, Undecodable
+from consumers.failpoints import Failpoints
 from consumers.metrics import ProjectorMetrics, accepted_at_ms
 from consumers.source import ConsumerSource, Records
 from keel.backoff import Backoff
@@ -92,6 +93,7 @@ class ConsumerRuntime:
         config: RuntimeConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -110,15 +112,21 @@ class ConsumerRuntime:
         self._idle.set()
         self.assigned = asyncio.Event()  # set once partitions were first assigned
         self._clock = clock
+        self._failpoints = failpoints or Failpoints()  # test only (consumers/failpoints.py)
         self._backoff = Backoff(config.backoff_base_s, config.backoff_cap_s)
 
     # ------------------------------------------------------------------ rebalance handler
 
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         """Let the batch in flight finish (bounded), then forget the partitions."""
+        if partitions:
+            self._failpoints.hit("mid-rebalance")
         if not self._idle.is_set():
+            # Not `asyncio.wait_for` here or below: on 3.11 it returns the result of an awaitable that completes
+            # in the iteration of a cancel and loses the cancel (CPython gh-86296); `asyncio.timeout` cannot.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.config.revoke_wait_s)
+                async with asyncio.timeout(self.config.revoke_wait_s):
+                    await self._idle.wait()
         for partition in partitions:
             self.positions.pop(partition, None)
             self.last_fetch_at.pop(partition, None)
@@ -136,7 +144,8 @@ class ConsumerRuntime:
             self.source.pause(self._unknown)
             try:
                 # Bounded: the group waits for this callback; the main loop retries what is left.
-                await asyncio.wait_for(self._load_positions(), self.config.revoke_wait_s)
+                async with asyncio.timeout(self.config.revoke_wait_s):
+                    await self._load_positions()
             except (TransientError, TimeoutError) as error:
                 _log.warning("stored offsets unavailable at assignment; partitions stay paused", error=repr(error))
         self.assigned.set()
@@ -213,7 +222,8 @@ class ConsumerRuntime:
         _metrics.backed_off(error, delay)
         _log.warning("transient failure, backing off", error=self.stats.last_error, delay_s=round(delay, 3))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):  # not wait_for: see on_revoked
+                await stop.wait()
 
     async def _process(self, records: Records, stop: asyncio.Event) -> None:
         self._idle.clear()
@@ -379,11 +389,11 @@ class ConsumerRuntime:
             commit_seconds=commit_seconds,
         )
         self._idle.set()  # the store commit is the flush; a rebalance must not wait for the log commit below
+        self._failpoints.hit("after-store-commit")
         if self.config.commit_to_log:
             try:
-                await asyncio.wait_for(
-                    self.source.commit({a.partition: a.next_offset for a in advances}), self.config.commit_timeout_s
-                )
+                async with asyncio.timeout(self.config.commit_timeout_s):  # not wait_for: see on_revoked
+                    await self.source.commit({a.partition: a.next_offset for a in advances})
             except (TransientError, TimeoutError) as error:
                 _log.debug("log commit skipped (offsets are safe in the store)", error=repr(error))
 

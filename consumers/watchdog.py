@@ -110,7 +110,8 @@ class Supervisor:
                 _log.error("consumer crashed; restarting", error=repr(error), restarts=self.restarts)
                 await runtime.close()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._backoff.next_delay())
+                    async with asyncio.timeout(self._backoff.next_delay()):  # not wait_for: it can lose a cancel
+                        await stop.wait()
 
     async def _watch(self, runtime: ConsumerRuntime, task: asyncio.Task[None]) -> str | None:
         while not task.done():

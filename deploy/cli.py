@@ -7,12 +7,15 @@ import typer
 from consumers.audit_cli import audit_app
 from consumers.cli import conflicts_app, projections_app, run_projector
 from consumers.field_keys_cli import field_keys_app
+from deploy.bench.cli import bench_command
+from deploy.chaos.cli import chaos_app
 from deploy.demo.cli import demo_command
 from deploy.local.cli import app as stack_app
 from deploy.observability.cli import dashboard_command, doctor_command
 from deploy.partners.cli import app as partners_app
 from keel.logging import configure_logging
 from keel.settings import get_settings
+from producers.gateway.rollout_cli import rollout_app
 from producers.gateway.tokens_cli import tokens_app
 from schemas.cli import app as schemas_app
 
@@ -23,8 +26,10 @@ app.add_typer(partners_app, name="partners")
 app.add_typer(projections_app, name="projections")
 app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(rollout_app, name="rollout")
 app.add_typer(audit_app, name="audit")
 app.add_typer(field_keys_app, name="field-keys")
+app.add_typer(chaos_app, name="chaos")
 
 run_app = typer.Typer(help="Run one of Keel's services in the foreground.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
@@ -50,6 +55,7 @@ def run_projector_command() -> None:
 
 
 app.command("demo")(demo_command)
+app.command("bench")(bench_command)
 app.command("doctor")(doctor_command)
 run_app.command("dashboard")(dashboard_command)
 

@@ -32,6 +32,38 @@ def bind_context(**values: Any) -> None:
     structlog.contextvars.bind_contextvars(**{key: value for key, value in values.items() if value is not None})
 
 
+class _CurrentStderrLogger:
+    """A structlog logger printing to whatever `sys.stderr` is at the time of the call.
+
+    Binding the stream once at configuration breaks when a caller (a test runner, a CLI harness) swaps
+    and closes stderr later; the next log line would raise instead of being written.
+    """
+
+    def msg(self, message: str) -> None:
+        """Print one rendered line to the current stderr."""
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _current_stderr_logger(*args: Any) -> _CurrentStderrLogger:
+    del args
+    return _CurrentStderrLogger()
+
+
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A logging handler that always writes to the current `sys.stderr`, for the same reason."""
+
+    @property
+    def stream(self) -> Any:
+        """The current stderr."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """Route structlog and the standard library's logging to stderr, as JSON lines by default."""
     processors: list[Any] = [
@@ -46,10 +78,10 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_current_stderr_logger,
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s", force=True)
+    logging.basicConfig(level=level.upper(), handlers=[_CurrentStderrHandler()], format="%(message)s", force=True)
     # aiokafka logs every coordinator hiccup at ERROR; they are retried, so keep them at WARNING.
     quiet = max(logging.WARNING, logging.getLevelName(level.upper()))
     logging.getLogger("aiokafka").setLevel(quiet)

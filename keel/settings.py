@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # --- gateway and services
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8700
+    projector_health_host: str = Field(
+        "127.0.0.1", description="Interface of the projector's /healthz, /readyz and /metrics (0.0.0.0 in containers)"
+    )
     projector_health_port: int = 8701
     dashboard_port: int = 8702
     log_level: str = "INFO"
@@ -126,6 +129,12 @@ class Settings(BaseSettings):
     gateway_produce_timeout_s: float = Field(20.0, description="Wait for the broker's ack before answering 503")
     gateway_pull_max_wait_s: float = Field(30.0, description="Longest long-poll of GET /v1/pull")
     gateway_outbox_poll_s: float = Field(0.25, description="How often the outbox position of watched tenants is read")
+    gateway_outbox_signals: bool = Field(
+        default=True, description="LISTEN for the projector's outbox notifications and wake waiting devices at once"
+    )
+    gateway_outbox_fallback_poll_s: float = Field(
+        2.0, description="How often watched tenants are still polled while outbox notifications arrive"
+    )
     gateway_stream_heartbeat_s: float = Field(15.0, description="Keep-alive comment interval of GET /v1/stream")
     gateway_pg_pool_size: int = Field(10, description="PostgreSQL connections of one gateway")
     gateway_register_schemas: bool = Field(default=True, description="Register missing subject versions at start")
@@ -151,12 +160,13 @@ class Settings(BaseSettings):
         0.0, description="Projector: write a signed checkpoint this often when a checkpoint key is set; 0 = never"
     )
     field_keys_file: Path | None = Field(
-        None, description="Keyring (JSON) for payload fields marked keel.sensitive; unset = stored in clear"
+        None, description="Keyring (JSON) for the sensitive_fields of subjects.toml; unset = stored in clear"
     )
 
     # --- projector (consumers/, projections/; docs/projections.md)
     projector_batch_max_records: int = Field(500, description="Most records one batch (one transaction) holds")
     projector_stall_s: float = Field(60.0, description="Watchdog: restart a consumer with backlog but no progress")
+    projector_failpoints: str = Field("", description="Test only: e.g. in-transaction=kill@3 (consumers/failpoints.py)")
     projector_pg_pool_size: int = Field(4, description="PostgreSQL connections of one projector")
     consumer_instance_id: str | None = Field(
         None, description="Static group membership (KIP-345): a restarted member takes its partitions back at once"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from typing import Any, Literal
 
@@ -45,6 +46,9 @@ __all__ = [
     "entry_hash",
     "raise_if_manifest_mismatch",
 ]
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class _Strict(BaseModel):
@@ -108,6 +112,8 @@ class WireEvent(_Strict):
     @field_validator("event_id")
     @classmethod
     def _is_uuid(cls, value: str) -> str:
+        if _CANONICAL_UUID.fullmatch(value):
+            return value  # already what str(uuid.UUID(value)) would give: skip the parse, once per op
         return str(uuid.UUID(value))
 
     def to_event(self) -> ChangeEvent:

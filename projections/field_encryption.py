@@ -1,9 +1,10 @@
 """Field-level encryption of sensitive payload fields in PostgreSQL (docs/security.md, "Sensitive fields").
 
-A payload field marked `"keel.sensitive": true` in the schema is stored encrypted wherever the projection
-keeps a value of it: the entity table's column, the merged state (`state` jsonb: field values and the write
-history) and the outbox bodies served to devices. Kafka keeps what the device signed (the log is not
-rewritten: topic access is the control there); devices get plaintext through the gateway.
+A payload field listed in its entity's `sensitive_fields` (schemas/subjects.toml) is stored encrypted
+wherever the projection keeps a value of it: the entity table's column, the merged state (`state` jsonb:
+field values and the write history) and the outbox bodies served to devices. Kafka keeps what the device
+signed (the log is not rewritten: topic access is the control there); devices get plaintext through the
+gateway.
 
 A sealed value is text, so it fits the field's `text` column: `enc:v1:<key id>:<base64(nonce || AES-256-GCM
 ciphertext)>`, with `tenant|entity type|entity id|field` as associated data (a value copied to another

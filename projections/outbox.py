@@ -9,14 +9,17 @@ Rows every device has acknowledged are pruned; a device whose cursor lies below 
 `resync_required` instead of a silent gap.
 
 `OutboxReader` is the port the gateway calls; `InMemoryOutbox` is its fake; the PostgreSQL adapter is
-`projections/outbox_pg_adapter.py`.
+`projections/outbox_pg_adapter.py`. The transaction that writes outbox rows also notifies
+`outbox_channel(schema)` with each tenant id (`pg_notify`, delivered at commit), so gateways wake the
+tenant's long-polls and streams at once instead of waiting for their next poll.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +37,18 @@ __all__ = [
     "Page",
     "event_body",
     "event_from_body",
+    "outbox_channel",
 ]
+
+_MAX_CHANNEL = 63  # PostgreSQL identifiers (and so NOTIFY channels) are at most NAMEDATALEN - 1 bytes
+
+
+def outbox_channel(schema: str) -> str:
+    """The NOTIFY channel of a schema's outbox (payload: a tenant id whose feed grew), within 63 bytes."""
+    channel = f"keel_outbox_{schema}"
+    if len(channel.encode()) <= _MAX_CHANNEL:
+        return channel
+    return f"keel_outbox_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
 
 
 class OutboxKind(enum.StrEnum):
@@ -193,16 +207,23 @@ class InMemoryOutbox:
     rows: list[_StoredRow] = field(default_factory=list)
     cursors: dict[tuple[str, str], Cursor] = field(default_factory=dict)
     horizons: dict[str, Cursor] = field(default_factory=dict)
+    # Called with the tenant ids of each append, after it (the fake's pg_notify on `outbox_channel`).
+    on_append: list[Callable[[frozenset[str]], None]] = field(default_factory=list, repr=False, compare=False)
     _tx: int = 0
     _pos: int = 0
 
     def append(self, entries: Iterable[OutboxEntry]) -> None:
-        """Store rows as one transaction."""
+        """Store rows as one transaction, then tell `on_append` which tenants' feeds grew."""
         self._tx += 1
         now = time.time_ns() // 1_000_000
+        tenants: set[str] = set()
         for entry in entries:
             self._pos += 1
             self.rows.append(_StoredRow(Cursor(self._tx, self._pos), entry, now))
+            tenants.add(entry.tenant_id)
+        if tenants:
+            for notify in list(self.on_append):
+                notify(frozenset(tenants))
 
     async def read(self, tenant_id: str, device_id: str, cursor: str | None, limit: int = 500) -> Page:
         """Rows after the cursor for this device."""

@@ -13,9 +13,11 @@ Bulk writes use `unnest` over arrays; docs/projections.md has the measurements a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -38,7 +40,7 @@ from projections.conflict_rules import ConflictRules, Decision, EntityState
 from projections.decisions import DecisionRecord
 from projections.entity_tables import EntityTable, entity_tables
 from projections.field_encryption import FieldCipher, default_field_cipher
-from projections.outbox import OutboxEntry
+from projections.outbox import OutboxEntry, outbox_channel
 from projections.pg_adapter import Connection, Pool, connect_pool, pg_errors
 from projections.sql_migrations import in_schema, quote_ident
 from projections.state_codec import state_from_json, state_to_json
@@ -81,10 +83,13 @@ _INSERT_DECISIONS = (
     "$12::text[], $13::text[]) AS u(i, t, et, ei, f, r, we, wd, wv, le, ld, lv, x) ON CONFLICT DO NOTHING "
     "RETURNING decision_id"
 )
+# The same round trip notifies `outbox_channel(schema)` once per tenant: PostgreSQL delivers notifications
+# at commit (none if the transaction rolls back), so a gateway LISTENing wakes that tenant's devices at once.
 _INSERT_OUTBOX = (
-    "INSERT INTO {schema}.outbox (tenant_id, device_id, kind, entity_type, entity_id, event_id, body, trace) "
-    "SELECT t, d, k, et, ei, ev, b, tr FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
-    "$6::text[], $7::jsonb[], $8::text[]) WITH ORDINALITY AS u(t, d, k, et, ei, ev, b, tr, n) ORDER BY n"
+    "WITH inserted AS (INSERT INTO {schema}.outbox (tenant_id, device_id, kind, entity_type, entity_id, event_id, "
+    "body, trace) SELECT t, d, k, et, ei, ev, b, tr FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+    "$5::text[], $6::text[], $7::jsonb[], $8::text[]) WITH ORDINALITY AS u(t, d, k, et, ei, ev, b, tr, n) ORDER BY n "
+    "RETURNING tenant_id) SELECT pg_notify($9, tenant_id) FROM (SELECT DISTINCT tenant_id FROM inserted) AS grown"
 )
 # resolved_by mirrors projections.decisions.resolutions (the contract test checks they agree).
 _DECISIONS = (
@@ -159,6 +164,13 @@ class _TableSql:
         return f"SELECT state FROM {self.qualified} WHERE tenant_id = $1 AND entity_id = $2"  # noqa: S608
 
     @cached_property
+    def states(self) -> str:
+        return (
+            f"SELECT entity_id, state FROM {self.qualified} "  # noqa: S608
+            "WHERE tenant_id = $1 AND entity_id = ANY($2::text[]) AND state IS NOT NULL"
+        )
+
+    @cached_property
     def visible(self) -> str:
         columns = ", ".join(quote_ident(c.name) for c in self.table.columns)
         return (
@@ -210,8 +222,10 @@ class PgProjectionStore:
         rules: ConflictRules | None = None,
         owns_pool: bool = False,
         cipher: FieldCipher | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._before_commit = before_commit  # test failpoint: runs inside the transaction, writes done, pre-COMMIT
         self._cipher = cipher if cipher is not None else default_field_cipher()  # sensitive payload fields
         self.schema = schema
         self._sql = {
@@ -225,6 +239,7 @@ class PgProjectionStore:
             "list_decisions": in_schema(_LIST_DECISIONS, schema),
             "one_decision": in_schema(_ONE_DECISION, schema),
         }
+        self._channel = outbox_channel(schema)  # notified with each tenant whose outbox grew, at commit
         self._rules = rules or ConflictRules()
         self._owns_pool = owns_pool
         self._tables = {name: _TableSql(schema, table) for name, table in entity_tables().items()}
@@ -261,14 +276,33 @@ class PgProjectionStore:
         return {TopicPartition(row["topic"], row["partition"]): int(row["next_offset"]) for row in rows}
 
     async def apply_batch(self, batch: ProjectionBatch) -> BatchOutcome:
-        """Commit the batch in one transaction (module docstring)."""
+        """Commit the batch in one transaction (module docstring); cancellable at any point."""
         try:
-            async with pg_errors("apply batch"), self._pool.acquire() as connection, connection.transaction():
-                return await self._apply(connection, batch)
+            async with pg_errors("apply batch"), self._pool.acquire() as connection:
+                # Cancelling asyncpg inside a pipelined statement (executemany) leaves the server waiting for
+                # the rest of the pipeline while asyncpg waits for the cancellation's answer: the task hangs
+                # until the command timeout, the session holding its locks, and then fails with a TimeoutError
+                # instead of ending cancelled (found by `keel chaos run R5`). So the work runs shielded and a
+                # cancellation closes the socket instead: PostgreSQL rolls the transaction back at once.
+                work = asyncio.ensure_future(self._apply_in_transaction(connection, batch))
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    connection.terminate()
+                    with contextlib.suppress(BaseException):  # it fails fast now: the connection is closed
+                        await work
+                    raise
         except _Replayed as replayed:
             return BatchOutcome(committed=False, replayed=replayed.split.replayed)
         except _Refused as refused:
             return BatchOutcome(committed=False, refused=tuple(refused.refused))
+
+    async def _apply_in_transaction(self, connection: Connection, batch: ProjectionBatch) -> BatchOutcome:
+        async with connection.transaction():
+            outcome = await self._apply(connection, batch)
+            if self._before_commit is not None:
+                self._before_commit()
+            return outcome
 
     async def _apply(self, connection: Connection, batch: ProjectionBatch) -> BatchOutcome:
         await self._advance_offsets(connection, batch)
@@ -409,6 +443,7 @@ class PgProjectionStore:
             [e.event_id for e in entries],
             [self._cipher.seal_body(e.body) for e in entries],
             [e.trace for e in entries],
+            self._channel,
         )
 
     async def entity_state(self, entity_type: str, tenant_id: str, entity_id: str) -> EntityState | None:
@@ -416,6 +451,16 @@ class PgProjectionStore:
         async with pg_errors("read state"), self._pool.acquire() as connection:
             raw = await connection.fetchval(self._table(entity_type).state, tenant_id, entity_id)
         return None if raw is None else self._state(tenant_id, entity_type, entity_id, raw)
+
+    async def entity_states(
+        self, entity_type: str, tenant_id: str, entity_ids: Sequence[str]
+    ) -> dict[str, EntityState]:
+        """Some merged states of one tenant in one query (the primary key's index, `= ANY` of the ids)."""
+        if not entity_ids:
+            return {}
+        async with pg_errors("read states"), self._pool.acquire() as connection:
+            rows = await connection.fetch(self._table(entity_type).states, tenant_id, list(dict.fromkeys(entity_ids)))
+        return {row["entity_id"]: self._state(tenant_id, entity_type, row["entity_id"], row["state"]) for row in rows}
 
     async def visible_rows(self, entity_type: str, tenant_id: str | None = None) -> list[VisibleRow]:
         """Live entities read back from the typed columns, in payload form."""

@@ -16,6 +16,8 @@ from schemas.envelope import Op
 
 __all__ = ["compact_tombstone", "state_from_json", "state_to_json"]
 
+_OPS = {op.value: op for op in Op}  # `Op(text)` searches the members; every state read decodes each record's op
+
 
 def _hlc_to_json(hlc: HlcTimestamp | None) -> list[Any] | None:
     return None if hlc is None else [hlc.physical_ms, hlc.logical, hlc.node]
@@ -51,7 +53,7 @@ def _record_from_json(raw: Mapping[str, Any]) -> WriteRecord:
     return WriteRecord(
         event_id=str(raw["e"]),
         device_id=str(raw["dv"]),
-        op=Op(raw["op"]),
+        op=_OPS.get(raw["op"]) or Op(raw["op"]),  # Op(...) raises the ValueError for an unknown op
         hlc=hlc,
         base_hlc=_hlc_from_json(raw.get("b")),
         stamp=WriteStamp.from_list(raw["s"]),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,6 +51,12 @@ class ProjectionStore(Protocol):
 
     async def entity_state(self, entity_type: str, tenant_id: str, entity_id: str) -> EntityState | None:
         """The merged state of one entity."""
+        ...
+
+    async def entity_states(
+        self, entity_type: str, tenant_id: str, entity_ids: Sequence[str]
+    ) -> dict[str, EntityState]:
+        """The merged states of some entities of one tenant, in one read; ids without a state are left out."""
         ...
 
     async def visible_rows(self, entity_type: str, tenant_id: str | None = None) -> list[VisibleRow]:
@@ -140,6 +146,14 @@ class InMemoryProjectionStore:
         """One state."""
         self._raise_if_down()
         return self.states.get((entity_type, tenant_id, entity_id))
+
+    async def entity_states(
+        self, entity_type: str, tenant_id: str, entity_ids: Sequence[str]
+    ) -> dict[str, EntityState]:
+        """Some states of one tenant."""
+        self._raise_if_down()
+        found = ((entity_id, self.states.get((entity_type, tenant_id, entity_id))) for entity_id in entity_ids)
+        return {entity_id: state for entity_id, state in found if state is not None}
 
     async def visible_rows(self, entity_type: str, tenant_id: str | None = None) -> list[VisibleRow]:
         """Live entities as payload values."""

@@ -2,7 +2,9 @@
 
 Each entity has payload files `avro/<entity>/<entity>.v<N>.avsc`; the subject schema of version N is the
 envelope (`avro/envelope.avsc`) with that payload plugged in and the record named `<Entity>Change`.
-`subjects.toml` holds each subject's compatibility level and the entity's rollout policy.
+`subjects.toml` holds each subject's compatibility level and the entity's policy: rollout and which fields
+are sensitive. Policy lives there and not in the `.avsc` files because a registered version's text is
+immutable: a property added to it makes a different schema the registry no longer finds under that version.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import copy
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from keel.errors import ConfigurationError
 __all__ = ["Catalog", "EntityPolicy", "EntitySchema", "FieldSpec", "default_catalog", "subject_for"]
 
 SCHEMAS_ROOT = Path(__file__).parent
+_POLICY_PROPERTY = "keel.sensitive"  # policy once written into payload schemas; now refused there
 _VERSION_FILE = re.compile(r"^(?P<entity>[a-z][a-z0-9_]*)\.v(?P<version>\d+)\.avsc$")
 COMPATIBILITY_LEVELS = (
     "BACKWARD",
@@ -51,7 +54,7 @@ class FieldSpec:
     aliases: tuple[str, ...]
     deprecated: bool
     doc: str
-    sensitive: bool = False  # "keel.sensitive": true — encrypted at rest in the projections (docs/security.md)
+    sensitive: bool = False  # listed in subjects.toml `sensitive_fields`: encrypted at rest (docs/security.md)
 
     @property
     def enum_symbols(self) -> tuple[str, ...] | None:
@@ -80,6 +83,7 @@ class EntitySchema:
     payload: dict[str, Any]
     envelope: dict[str, Any]
     source: Path
+    sensitive_names: frozenset[str] = frozenset()  # the entity's `sensitive_fields` policy (subjects.toml)
 
     @cached_property
     def fields(self) -> tuple[FieldSpec, ...]:
@@ -95,7 +99,7 @@ class EntitySchema:
                     aliases=tuple(raw.get("aliases", ())),
                     deprecated="deprecated" in raw,
                     doc=raw.get("doc", ""),
-                    sensitive=raw.get("keel.sensitive") is True,
+                    sensitive=raw["name"] in self.sensitive_names,
                 )
             )
         return tuple(specs)
@@ -139,6 +143,7 @@ class EntityPolicy:
     newest_version: int
     rollout_tenants: tuple[str, ...] = ()
     rollout_percent: float = 0.0
+    sensitive_fields: frozenset[str] = frozenset()  # encrypted at rest in the projections (docs/security.md)
 
 
 @dataclass
@@ -162,6 +167,7 @@ class Catalog:
                 raise ConfigurationError(f"{path}: payload files are named <entity>/<entity>.v<N>.avsc")
             entity, version = match["entity"], int(match["version"])
             payload = _read_json(path)
+            _raise_if_policy_in_schema(path, payload)
             composed = compose_event_schema(envelope, entity, payload)
             try:
                 fastavro.parse_schema(copy.deepcopy(composed))
@@ -172,12 +178,11 @@ class Catalog:
             expected = list(range(1, len(versions) + 1))
             if sorted(versions) != expected:
                 raise ConfigurationError(f"{entity}: versions must be 1..N without gaps, found {sorted(versions)}")
-            for schema in versions.values():
-                # A sensitive value is stored as ciphertext text, so only string fields can be sensitive.
-                wrong = [f.name for f in schema.fields if f.sensitive and f.avro_type != "string"]
-                if wrong:
-                    raise ConfigurationError(f"{schema.source}: keel.sensitive fields must be strings: {wrong}")
         policies, default_level = _read_policies(root / "subjects.toml", schemas)
+        for entity, versions in schemas.items():
+            sensitive = policies[entity].sensitive_fields
+            for version, schema in versions.items():
+                versions[version] = replace(schema, sensitive_names=sensitive)
         return cls(schemas, policies, default_level, root)
 
     def entities(self) -> list[str]:
@@ -201,7 +206,7 @@ class Catalog:
         return versions[chosen]
 
     def sensitive_fields(self, entity: str) -> frozenset[str]:
-        """Fields of the current version marked `"keel.sensitive": true` (string fields only)."""
+        """Fields of the current version listed in the entity's `sensitive_fields` (string fields only)."""
         return frozenset(spec.name for spec in self.schema(entity).fields if spec.sensitive)
 
     def policy(self, entity: str) -> EntityPolicy:
@@ -223,6 +228,18 @@ def compose_event_schema(envelope: dict[str, Any], entity: str, payload: dict[st
         if spec["name"] == "payload":
             spec["type"] = ["null", copy.deepcopy(payload)]
     return composed
+
+
+def _raise_if_policy_in_schema(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse policy properties inside a payload schema: they belong in subjects.toml."""
+    tagged = [
+        spec.get("name") for spec in payload.get("fields", []) if isinstance(spec, dict) and _POLICY_PROPERTY in spec
+    ]
+    if tagged:
+        raise ConfigurationError(
+            f"{path}: {_POLICY_PROPERTY!r} on {tagged}: sensitivity is policy, not contract; list the fields under "
+            f"`sensitive_fields` of the entity in subjects.toml (a registered version's text must never change)"
+        )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -258,6 +275,7 @@ def _read_policies(path: Path, schemas: dict[str, dict[int, EntitySchema]]) -> t
             newest_version=int(entry.get("newest_version", newest)),
             rollout_tenants=tuple(entry.get("rollout_tenants", ())),
             rollout_percent=float(entry.get("rollout_percent", 0)),
+            sensitive_fields=_sensitive_fields(path, entity, entry.get("sensitive_fields", []), versions),
         )
         if not 1 <= policy.minimum_version <= policy.stable_version <= policy.newest_version <= newest:
             raise ConfigurationError(
@@ -265,6 +283,23 @@ def _read_policies(path: Path, schemas: dict[str, dict[int, EntitySchema]]) -> t
             )
         policies[entity] = policy
     return policies, default_level
+
+
+def _sensitive_fields(path: Path, entity: str, names: Any, versions: dict[int, EntitySchema]) -> frozenset[str]:
+    """An entity's `sensitive_fields`, checked: fields of some version, and strings wherever they exist."""
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigurationError(f"{path}: {entity}: sensitive_fields must be a list of field names")
+    for name in names:
+        types = {v: s.field(name).avro_type for v, s in sorted(versions.items()) if name in s.field_names}
+        if not types:
+            raise ConfigurationError(f"{path}: {entity}: sensitive field {name!r} is in no version of the schema")
+        # A sensitive value is stored as ciphertext text, so only string fields can be sensitive.
+        wrong = [f"v{v}: {t}" for v, t in types.items() if t != "string"]
+        if wrong:
+            raise ConfigurationError(
+                f"{path}: {entity}: sensitive field {name!r} must be a string ({', '.join(wrong)})"
+            )
+    return frozenset(names)
 
 
 @lru_cache(maxsize=1)

@@ -29,13 +29,14 @@ from schemas.governance import (
     subject_name,
 )
 from schemas.registry import SchemaRegistry
+from schemas.version_lock import LOCK_FILE, VersionLock, fingerprint
 
 __all__ = ["app"]
 
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Event schemas: list, show, diff, compat, check, register, simulate, gate.", no_args_is_help=True
+    help="Event schemas: list, show, diff, compat, check, register, simulate, gate, lock.", no_args_is_help=True
 )
 
 EXIT_INCOMPATIBLE = 1
@@ -314,10 +315,18 @@ def compat(
 # ------------------------------------------------------------------------------------------------ gate
 
 
+def _lock(root: Path) -> VersionLock | None:
+    try:
+        return VersionLock.read(root / LOCK_FILE)
+    except ConfigurationError as error:
+        _fail(str(error))
+
+
 @app.command()
 def gate(catalog_root: CatalogOption = SCHEMAS_ROOT) -> None:
-    """CI gate: every local version against its predecessors at its subject's configured level."""
+    """CI gate: pinned versions unchanged (registered.lock.json), every version compatible with its predecessors."""
     catalog = _catalog(catalog_root)
+    lock = _lock(catalog_root)
     try:
         results = run_gate(catalog)
     except ConfigurationError as error:
@@ -325,11 +334,44 @@ def gate(catalog_root: CatalogOption = SCHEMAS_ROOT) -> None:
     for result in results:
         for line in result.lines():
             typer.echo(line)
+    changed = lock.problems(catalog) if lock is not None else []
+    for problem in changed:
+        typer.echo(f"{problem.entity} v{problem.version}: CHANGED AFTER REGISTRATION")
+        typer.echo(f"    {problem.message}")
+    if lock is None:
+        typer.echo(f"note: no {LOCK_FILE} in {catalog_root}: registered versions are not pinned (`keel schemas lock`)")
+    elif unpinned := lock.unpinned(catalog):
+        names = ", ".join(f"{s.entity} v{s.version}" for s in unpinned)
+        typer.echo(f"note: not pinned yet: {names} (`keel schemas lock` once registered)")
     failed = [r for r in results if not r.is_compatible]
     if failed:
         typer.echo(f"schema gate: {len(failed)} incompatible version(s)", err=True)
+    if changed:
+        typer.echo(f"schema gate: {len(changed)} registered version(s) changed (see {LOCK_FILE})", err=True)
+    if failed or changed:
         raise typer.Exit(EXIT_INCOMPATIBLE)
     typer.echo(f"schema gate: {len(results)} version(s) compatible")
+
+
+@app.command()
+def lock(catalog_root: CatalogOption = SCHEMAS_ROOT) -> None:
+    """Pin every version not yet in registered.lock.json; refuses (exit 1) when a pinned version changed."""
+    catalog = _catalog(catalog_root)
+    current = _lock(catalog_root) or VersionLock()
+    changed = current.problems(catalog)
+    if changed:
+        for problem in changed:
+            typer.echo(f"{problem.entity} v{problem.version}: {problem.message}")
+        typer.echo(f"lock: nothing written, {len(changed)} pinned version(s) changed", err=True)
+        raise typer.Exit(EXIT_INCOMPATIBLE)
+    added = current.unpinned(catalog)
+    if not added:
+        typer.echo(f"lock: every version is pinned already ({catalog_root / LOCK_FILE})")
+        return
+    current.extended(catalog).write(catalog_root / LOCK_FILE)
+    for schema in added:
+        typer.echo(f"  pinned {schema.entity} v{schema.version}  sha256 {fingerprint(schema)}")
+    typer.echo(f"lock: {len(added)} version(s) pinned in {catalog_root / LOCK_FILE}")
 
 
 # ------------------------------------------------------------------------------------------------ check / register
@@ -343,6 +385,8 @@ def _print_check(check: SubjectCheck, catalog: Catalog) -> None:
         issues = check.issues_of(version)
         if found is not None:
             typer.echo(f"  v{version}  registered as version {found.version} (id {found.schema_id})")
+            for issue in issues:
+                typer.echo(f"      - CHANGED SINCE [{issue.source}] {issue.message}")
         elif not issues:
             typer.echo(f"  v{version}  ok: compatible, not registered yet")
         else:

@@ -29,8 +29,8 @@ __all__ = [
     "read_payload_form",
     "read_plan",
     "to_payload_form",
-    "union_branches",
     "unframe",
+    "union_branches",
     "validate_record",
     "with_branches",
 ]
@@ -125,13 +125,15 @@ def read_plan(schema: Any) -> ReadPlan:
     """
     if not isinstance(schema, dict):
         return ReadPlan(fastavro.parse_schema(schema), generic=True)
-    logical: list[tuple[tuple[str, ...], str, bool]] = []
-    _find_logical(schema, (), logical, {}, through_container=False)
+    walker = _LogicalTypes()
+    walker.visit(schema, (), deep=False)
+    logical = walker.found
     fields = schema.get("fields", []) if schema.get("type") == "record" else []
     uuid_fields = tuple(
         spec["name"]
         for spec in fields
-        if isinstance(spec.get("type"), dict) and spec["type"] == {**spec["type"], "type": "string", "logicalType": "uuid"}
+        if isinstance(spec.get("type"), dict)
+        and spec["type"] == {**spec["type"], "type": "string", "logicalType": "uuid"}
     )
     timestamps = tuple(path for path, kind, deep in logical if kind == "timestamp-millis" and not deep)
     if len(uuid_fields) + len(timestamps) != len(logical) or schema.get("type") != "record":
@@ -143,55 +145,48 @@ def read_plan(schema: Any) -> ReadPlan:
     return ReadPlan(fastavro.parse_schema(stripped), uuid_fields, timestamps)
 
 
-def _find_logical(
-    node: Any,
-    path: tuple[str, ...],
-    found: list[tuple[tuple[str, ...], str, bool]],
-    named: dict[str, bool],
-    *,
-    through_container: bool,
-) -> bool:
-    """Collect (path, logical type, inside an array or map) of `node`; whether it holds any logical type."""
-    if isinstance(node, str):
-        if node in _PRIMITIVES:
+class _LogicalTypes:
+    """Where a schema (JSON form) holds logical types: (record path, logical type, inside an array or map)."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[tuple[str, ...], str, bool]] = []
+        self._named: dict[str, bool] = {}  # named types defined so far → whether they hold a logical type
+
+    def visit(self, node: Any, path: tuple[str, ...], *, deep: bool) -> bool:
+        """Record the logical types of `node` at `path`; whether it holds any."""
+        if isinstance(node, str):
+            return self._reference(node, path)
+        if isinstance(node, list):
+            return any([self.visit(branch, path, deep=deep) for branch in node])  # noqa: C419 - visit every branch
+        if not isinstance(node, dict):
             return False
-        if named.get(node, False) or named.get(node.rsplit(".", 1)[-1], False):
-            found.append((path, "reused-named-type", True))  # its paths were recorded where it was defined
+        if "logicalType" in node:
+            self.found.append((path, str(node["logicalType"]), deep))
             return True
-        return False
-    if isinstance(node, list):
-        results = [_find_logical(branch, path, found, named, through_container=through_container) for branch in node]
-        return any(results)
-    if not isinstance(node, dict):
-        return False
-    if "logicalType" in node:
-        found.append((path, str(node["logicalType"]), through_container))
-        return True
-    kind = node.get("type")
-    if kind == "record":
-        inner = [
-            _find_logical(spec.get("type"), (*path, spec["name"]), found, named, through_container=through_container)
-            for spec in node.get("fields", ())
-        ]
-        holds = any(inner)
-        _name_type(node, named, holds)
+        kind = node.get("type")
+        holds = False
+        if kind == "record":
+            fields = node.get("fields", ())
+            holds = any([self.visit(f.get("type"), (*path, f["name"]), deep=deep) for f in fields])  # noqa: C419
+        elif kind in ("array", "map"):
+            holds = self.visit(node.get("items" if kind == "array" else "values"), path, deep=True)
+        elif kind not in ("enum", "fixed"):
+            return self.visit(kind, path, deep=deep)
+        if kind in ("record", "enum", "fixed"):
+            self._define(node, holds)
         return holds
-    if kind == "array":
-        return _find_logical(node.get("items"), path, found, named, through_container=True)
-    if kind == "map":
-        return _find_logical(node.get("values"), path, found, named, through_container=True)
-    if kind in ("enum", "fixed"):
-        _name_type(node, named, holds=False)
-        return False
-    return _find_logical(kind, path, found, named, through_container=through_container)
 
+    def _reference(self, name: str, path: tuple[str, ...]) -> bool:
+        if name in _PRIMITIVES or not (self._named.get(name) or self._named.get(name.rsplit(".", 1)[-1])):
+            return False
+        self.found.append((path, "reused-named-type", True))  # its own paths were recorded where it was defined
+        return True
 
-def _name_type(node: dict[str, Any], named: dict[str, bool], holds: bool) -> None:
-    name = str(node.get("name", ""))
-    namespace = node.get("namespace")
-    named[name] = holds
-    if namespace and "." not in name:
-        named[f"{namespace}.{name}"] = holds
+    def _define(self, node: dict[str, Any], holds: bool) -> None:
+        name, namespace = str(node.get("name", "")), node.get("namespace")
+        self._named[name] = holds
+        if namespace and "." not in name:
+            self._named[f"{namespace}.{name}"] = holds
 
 
 def read_payload_form(body: bytes | memoryview, plan: ReadPlan, schema_id: int | None = None) -> dict[str, Any]:
@@ -209,7 +204,8 @@ def read_payload_form(body: bytes | memoryview, plan: ReadPlan, schema_id: int |
     _raise_if_trailing(stream, schema_id)
     for path in plan.timestamp_paths:
         _millis_at(record, path)
-    return record
+    read: dict[str, Any] = record  # a record schema always reads as a dict
+    return read
 
 
 def _uuid_text(value: str, schema_id: int | None) -> str:

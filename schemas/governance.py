@@ -11,12 +11,15 @@ enforce the configured level on them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from keel.errors import IncompatibleSchemaError
 from schemas.catalog import Catalog, subject_for
 from schemas.compatibility import Incompatibility, check_compatibility
 from schemas.registry import RegisteredSchema, SchemaRegistry
+from schemas.version_lock import describe_differences
 
 __all__ = [
     "CheckIssue",
@@ -92,9 +95,10 @@ async def check_subject(registry: SchemaRegistry, catalog: Catalog, entity: str,
         if found is not None:
             check.registered[version] = found
     check.pending = [v for v in versions if v not in check.registered]
+    edited = await _raise_edited_versions(registry, catalog, check)  # before the notes: it may find more
     _note_merged_versions(check)
     newest_registered = max(check.registered, default=0)
-    for version in [v for v in check.pending if v < newest_registered]:
+    for version in [v for v in check.pending if v < newest_registered and v not in edited]:
         check.issues.append(
             CheckIssue(
                 version,
@@ -135,6 +139,71 @@ async def check_subject(registry: SchemaRegistry, catalog: Catalog, entity: str,
         for message in _grouped(configured.problems, chain_names, reported):
             check.issues.append(CheckIssue(version, "subjects.toml", check.configured_level, message))
     return check
+
+
+async def _raise_edited_versions(registry: SchemaRegistry, catalog: Catalog, check: SubjectCheck) -> set[int]:
+    """Record an issue for each local version whose registration holds another text; the versions flagged.
+
+    A registered version is immutable, so local v`N` must equal, as parsed JSON, the text of its registration:
+    - found by lookup: the registry may compare canonical forms (Apicurio drops docs), so an edited doc still
+      matches; it is fine only if the texts are equal, or if another local version has exactly that text
+      (the registry holds both as one version: `_note_merged_versions`);
+    - not found: new or edited. Registry version numbers follow the local ones (registration goes oldest
+      first) except where versions merged, so v`N` was registered as the version after the registration of the
+      newest registered local version below `N`. If the registry has that version and no local version claims
+      it, v`N` was registered and then edited: registering it again would add a stray version (an
+      auto-registering gateway) or find nothing (every other gateway answers 503). Equal texts are a match
+      the lookup missed.
+    """
+    texts: dict[int, Any] = {}
+
+    async def registered_text(number: int) -> Any:
+        if number not in texts:
+            texts[number] = json.loads((await registry.get_version(check.subject, number)).schema)
+        return texts[number]
+
+    edited: set[int] = set()
+    for version, found in sorted(check.registered.items()):
+        held = await registered_text(found.version)
+        if held == catalog.schema(check.entity, version).envelope:
+            continue
+        twins = [v for v, f in check.registered.items() if f.version == found.version and v != version]
+        if any(catalog.schema(check.entity, twin).envelope == held for twin in twins):
+            continue
+        edited.add(version)
+        check.issues.append(_edited_issue(catalog, check, version, found.version, held, matched=True))
+    claimed = {found.version for found in check.registered.values()}
+    for version in list(check.pending):
+        below = [found.version for local, found in check.registered.items() if local < version]
+        expected = max(below, default=0) + 1
+        if expected not in check.registry_versions or expected in claimed:
+            continue
+        held = await registered_text(expected)
+        if held == catalog.schema(check.entity, version).envelope:
+            check.registered[version] = await registry.get_version(check.subject, expected)
+            check.pending.remove(version)
+            claimed.add(expected)
+            continue
+        edited.add(version)
+        check.issues.append(_edited_issue(catalog, check, version, expected, held, matched=False))
+    return edited
+
+
+def _edited_issue(
+    catalog: Catalog, check: SubjectCheck, version: int, registered_as: int, held: Any, *, matched: bool
+) -> CheckIssue:
+    schema = catalog.schema(check.entity, version)
+    differences = describe_differences(held, schema.envelope)
+    shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+    why = " (the registry still matches it: it compares canonical forms, which drop docs)" if matched else ""
+    return CheckIssue(
+        version,
+        "history",
+        check.effective_level,
+        f"v{version} differs from registered version {registered_as} of {check.subject}{why}: {shown}. A "
+        f"registered version is immutable: restore {schema.source.name} from version control and put the change "
+        f"in a new version (policy, such as sensitive fields, belongs in subjects.toml)",
+    )
 
 
 def _note_merged_versions(check: SubjectCheck) -> None:

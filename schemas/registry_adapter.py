@@ -92,18 +92,35 @@ class ConfluentSchemaRegistry:
             raise
 
     async def lookup(self, subject: str, schema: str) -> RegisteredSchema | None:
-        """The registration of an equal schema, or None."""
-        try:
-            found = await self._call(
-                f"lookup {subject}", lambda: self._client.lookup_schema(subject, Schema(schema, "AVRO"))
-            )
-        except SchemaRegistryError as error:
-            if error.http_status_code == 404:
-                return None
-            raise
-        return RegisteredSchema(
-            subject, int(found.version or 0), int(found.schema_id or 0), str(found.schema.schema_str)
+        """The registration of an equal schema, or None; its text is the one the registry holds.
+
+        Plain HTTP, not the client's `lookup_schema`: that one answers with the text it was asked about and
+        caches it as the text of the version found, so after a lookup of a canonically equal but edited
+        schema (Apicurio ignores docs) `get_version` and `get_schema` would return the edited text.
+        """
+        found = await self._registered(
+            f"lookup {subject}",
+            lambda: self._http.post(
+                f"/subjects/{quote(subject, safe='')}",
+                json={"schema": schema, "schemaType": "AVRO"},
+                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            ),
         )
+        return None if found is None else RegisteredSchema(subject, found[0], found[1], found[2])
+
+    async def _registered(
+        self, what: str, request: Callable[[], Awaitable[httpx.Response]]
+    ) -> tuple[int, int, str] | None:
+        """(version, id, text) of a registration the registry answers with; None for 404."""
+        response = await self._call(what, request)
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise ServiceUnavailableError("schema registry", f"{what}: HTTP {response.status_code}")
+        body: Any = response.json()
+        if response.status_code >= 400 or not isinstance(body, dict):
+            raise ConfigurationError(f"{what}: the registry answered HTTP {response.status_code}: {body}")
+        return int(body["version"]), int(body["id"]), str(body["schema"])
 
     async def subjects(self) -> list[str]:
         """Every subject, paging with offset/limit (Apicurio returns at most 1,000 subjects per call).
@@ -115,6 +132,7 @@ class ConfluentSchemaRegistry:
         found: dict[str, None] = {}
         offset = 0
         while True:
+
             async def get_page(start: int = offset) -> httpx.Response:
                 return await self._http.get("/subjects", params={"offset": start, "limit": page_size})
 
@@ -139,19 +157,14 @@ class ConfluentSchemaRegistry:
             raise
 
     async def get_version(self, subject: str, version: int | None = None) -> RegisteredSchema:
-        """One version (latest when None)."""
-        try:
-            if version is None:
-                found = await self._call(f"latest of {subject}", lambda: self._client.get_latest_version(subject))
-            else:
-                found = await self._call(f"{subject} v{version}", lambda: self._client.get_version(subject, version))
-        except SchemaRegistryError as error:
-            if error.http_status_code == 404:
-                raise ConfigurationError(f"subject {subject} has no version {version or 'latest'}") from error
-            raise
-        return RegisteredSchema(
-            subject, int(found.version or 0), int(found.schema_id or 0), str(found.schema.schema_str)
+        """One version (latest when None), as the registry holds it (plain HTTP: see `lookup`)."""
+        number = "latest" if version is None else str(version)
+        found = await self._registered(
+            f"{subject} v{number}", lambda: self._http.get(f"/subjects/{quote(subject, safe='')}/versions/{number}")
         )
+        if found is None:
+            raise ConfigurationError(f"subject {subject} has no version {version or 'latest'}")
+        return RegisteredSchema(subject, found[0], found[1], found[2])
 
     async def get_compatibility(self, subject: str | None = None) -> str | None:
         """A subject's own level, or the global one."""

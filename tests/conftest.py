@@ -7,7 +7,42 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.naming import unique, unique_identifier
-from tests.support.services import Services, resolve_services
+from tests.support.services import Services, resolve_services, secure_requested
+
+PLAINTEXT_ONLY = "plaintext_only"
+_DESELECTED = pytest.StashKey[list[str]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test-secure`: deselect (never skip) tests marked plaintext_only, each with a stated reason.
+
+    The reasons are listed in docs/security.md (§ The test suite on the secure stack); the deselection is
+    reported by pytest ("N deselected") and itemised in the terminal summary.
+    """
+    marked = [item for item in items if item.get_closest_marker(PLAINTEXT_ONLY) is not None]
+    for item in marked:
+        marker = item.get_closest_marker(PLAINTEXT_ONLY)
+        if marker is None or not marker.kwargs.get("reason"):
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{PLAINTEXT_ONLY} needs reason=...")
+    if not secure_requested() or not marked:
+        return
+    chosen = set(marked)
+    items[:] = [item for item in items if item not in chosen]
+    config.hook.pytest_deselected(items=marked)
+    config.stash[_DESELECTED] = [
+        f"{item.nodeid}: {marker.kwargs['reason']}"
+        for item in marked
+        if (marker := item.get_closest_marker(PLAINTEXT_ONLY)) is not None
+    ]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Name every test the secure mode deselected, and why."""
+    lines = config.stash.get(_DESELECTED, [])
+    if lines:
+        terminalreporter.section("plaintext_only tests deselected in secure mode (docs/security.md)")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ class BenchConfig:
 
     size: Size
     repetitions: int
+    heavy_repetitions: int  # of the stages that run services for long (end_to_end, memory)
     codec_events: int
     produce_ops: int
     produce_devices: int
@@ -46,7 +47,8 @@ class BenchConfig:
             config = cls(
                 size=size,
                 repetitions=3,
-                codec_events=20_000,
+                heavy_repetitions=3,
+                codec_events=50_000,
                 produce_ops=24_000,
                 produce_devices=32,
                 push_batch=200,
@@ -64,24 +66,26 @@ class BenchConfig:
             config = cls(
                 size=size,
                 repetitions=3,
-                codec_events=5_000,
+                heavy_repetitions=1,
+                codec_events=20_000,
                 produce_ops=6_000,
                 produce_devices=16,
                 push_batch=200,
                 project_events=5_000,
                 e2e_devices=32,
-                e2e_seconds=12.0,
+                e2e_seconds=15.0,
                 latency_seconds=8.0,
                 catch_up_rows=20_000,
                 fan_out_changes=600,
                 memory_backlog=2_000,
                 payload_sizes=(100, 10_000, 100_000),
-                payload_bytes=2_000_000,
+                payload_bytes=1_000_000,
             )
         else:
             config = cls(
                 size=size,
                 repetitions=1,
+                heavy_repetitions=1,
                 codec_events=300,
                 produce_ops=400,
                 produce_devices=4,
@@ -92,9 +96,11 @@ class BenchConfig:
                 latency_seconds=2.0,
                 catch_up_rows=600,
                 fan_out_changes=60,
-                memory_backlog=200,
+                memory_backlog=100,
                 payload_sizes=(100, 100_000),
-                payload_bytes=300_000,
+                payload_bytes=60_000,
             )
         config = replace(config, profile=profile)
-        return config if repetitions is None else replace(config, repetitions=repetitions)
+        if repetitions is None:
+            return config
+        return replace(config, repetitions=repetitions, heavy_repetitions=repetitions)

@@ -54,6 +54,8 @@ class BenchContext:
     logs: Path = Path("reports/bench-logs")  # service logs go to <logs>/<tag>/
     prefixes: list[str] = field(default_factory=list)
     schemas: list[str] = field(default_factory=list)
+    profiles: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # filled by `keel bench --profile`
+    tallies: dict[str, dict[str, int]] = field(default_factory=dict)  # what → {"sent": n, "landed": m}
     _counter: int = 0
 
     def names(self, label: str) -> Names:
@@ -64,6 +66,10 @@ class BenchContext:
         self.prefixes.append(names.prefix)
         self.schemas.append(names.schema)
         return names
+
+    def tally(self, what: str, *, sent: int, landed: int) -> None:
+        """Note how many items a stage sent and how many arrived at the far end (a run loses none)."""
+        self.tallies[what] = {"sent": sent, "landed": landed}
 
     @property
     def log_dir(self) -> Path:

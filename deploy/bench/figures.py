@@ -49,7 +49,7 @@ class Target:
     def describe(self, unit: str) -> str:
         """The target in words, e.g. "ratio ≥ 0.8" or "≥ 20,000 events/s"."""
         if self.goal is Goal.RATIO_AT_LEAST:
-            return f"ratio ≥ {self.value:g}"
+            return f"ratio ≥ {self.value:.3g}"
         sign = "≥" if self.goal is Goal.OURS_AT_LEAST else "≤"
         return f"{sign} {self.value:,.0f} {unit}"
 
@@ -81,7 +81,7 @@ class Figure:
 
     @property
     def ratio(self) -> float:
-        """ours / baseline for rates, baseline / ours for costs: above 1 means better than the baseline."""
+        """Ours / baseline for rates, baseline / ours for costs: above 1 means better than the baseline."""
         ours, base = self.ours_median, self.baseline_median
         if not (math.isfinite(ours) and math.isfinite(base)) or ours <= 0 or base <= 0:
             return math.nan

@@ -2,7 +2,9 @@
 
 The hot loop posts request bodies serialised beforehand (with the SDK's wire models), so the load generator
 spends its CPU on HTTP, not on building ops: on a 2-core machine it shares the cores with the services it
-measures. Every answer is checked: a push counts only when its `acked_seq` covers every op it carried.
+measures. Every answer is checked: a push counts only when its `acked_seq` covers every op it carried. Like
+the SDK, a device sends the same body again after a dropped connection or a 429/503 (a push is idempotent:
+seqs at or below the device's head come back as duplicates), so a keep-alive race is not a lost op.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from producers.wire import EnrollRequest, HandshakeRequest, PushResponse
 
 __all__ = ["HttpPusher", "enroll"]
 
+ATTEMPTS = 5
+RETRIED_STATUS = frozenset({429, 503})
+
 VERSIONS = {"task": [1, 2, 3], "project": [1], "comment": [1]}
 
 
-async def enroll(url: str, streams: Sequence[DeviceStream], *, public_keys: dict[str, str] | None = None) -> dict[str, str]:
+async def enroll(
+    url: str, streams: Sequence[DeviceStream], *, public_keys: dict[str, str] | None = None
+) -> dict[str, str]:
     """Enroll every stream's device (with its public key, when given) and handshake: device id → token."""
     client = GatewayClient(url, timeout_s=30.0)
     tokens: dict[str, str] = {}
@@ -58,23 +65,40 @@ async def enroll(url: str, streams: Sequence[DeviceStream], *, public_keys: dict
 class HttpPusher:
     """Posts prepared push bodies for enrolled devices and checks every answer."""
 
-    def __init__(self, url: str, tokens: dict[str, str], *, connections: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        tokens: dict[str, str],
+        *,
+        connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._tokens = tokens
         self._http = httpx.AsyncClient(
             base_url=url,
             timeout=httpx.Timeout(60.0, connect=10.0),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            transport=transport,
         )
 
     async def push(self, device_id: str, body: bytes, last_seq: int) -> PushResponse:
         """POST /v1/push; ServiceUnavailableError unless the gateway acknowledged up to `last_seq`."""
-        response = await self._http.post(
-            "/v1/push",
-            content=body,
-            headers={"authorization": f"Bearer {self._tokens[device_id]}", "content-type": "application/json"},
-        )
+        headers = {"authorization": f"Bearer {self._tokens[device_id]}", "content-type": "application/json"}
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                response = await self._http.post("/v1/push", content=body, headers=headers)
+            except httpx.TransportError:
+                # uvicorn closes an idle keep-alive connection as the next request goes out on it.
+                if attempt == ATTEMPTS:
+                    raise
+            else:
+                if response.status_code not in RETRIED_STATUS or attempt == ATTEMPTS:
+                    break
+            await asyncio.sleep(0.05 * attempt)
         if response.status_code != 200:
-            raise ServiceUnavailableError("gateway", f"push of {device_id}: HTTP {response.status_code}: {response.text}")
+            raise ServiceUnavailableError(
+                "gateway", f"push of {device_id}: HTTP {response.status_code}: {response.text}"
+            )
         answer = PushResponse.model_validate_json(response.content)
         if answer.acked_seq < last_seq or answer.rejections:
             first = answer.rejections[0] if answer.rejections else None

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
+import asyncpg.pool
 
 from deploy.bench.http_devices import HttpPusher, enroll
 from deploy.bench.workload import DeviceStream, push_body
 from projections.sql_migrations import quote_ident
 
-__all__ = ["Fleet", "ProjectionWatch"]
+__all__ = ["Fleet", "ProjectionWatch", "applied_count"]
 
 
 @dataclass
@@ -56,19 +57,23 @@ class Fleet:
         await self._pusher.push(stream.device_id, body, events[-1].device_seq)
         self.acknowledged += len(events)
 
-    async def push_for(self, seconds: float) -> None:
-        """Every device pushes batch after batch, all at once, for `seconds`."""
+    async def push_for(self, seconds: float, *, may_push: Callable[[], bool] | None = None) -> None:
+        """Every device pushes batch after batch, all at once, for `seconds`; each waits while `may_push` says no."""
         deadline = time.monotonic() + seconds
 
         async def device(stream: DeviceStream) -> None:
             while time.monotonic() < deadline:
+                while may_push is not None and not may_push() and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)  # polling a predicate the caller owns
                 await self.push(stream, self.batch)
 
         await asyncio.gather(*(device(stream) for stream in self.streams))
 
     async def push_count(self, total: int, on_tick: Callable[[], None] | None = None) -> None:
         """Push `total` ops spread over the devices, all devices at once, flat out."""
-        per_device = [total // len(self.streams) + (1 if i < total % len(self.streams) else 0) for i in range(len(self.streams))]
+        per_device = [
+            total // len(self.streams) + (1 if i < total % len(self.streams) else 0) for i in range(len(self.streams))
+        ]
 
         async def device(stream: DeviceStream, owed: int) -> None:
             while owed > 0:
@@ -88,9 +93,13 @@ class Fleet:
         busy: set[str] = set()
         tasks: set[asyncio.Task[None]] = set()
 
+        failures: list[BaseException] = []
+
         async def send(stream: DeviceStream, count: int) -> None:
             try:
                 await self.push(stream, count, record=True)
+            except Exception as error:  # noqa: BLE001 - kept, and raised below once the others are done
+                failures.append(error)
             finally:
                 busy.discard(stream.device_id)
 
@@ -111,10 +120,14 @@ class Fleet:
                 task = asyncio.create_task(send(stream, count))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+            if failures:
+                break  # the device's later seqs would only meet a gap
             next_tick += tick
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
         if tasks:
             await asyncio.gather(*tasks)
+        if failures:
+            raise failures[0]
 
 
 class ProjectionWatch:
@@ -167,18 +180,32 @@ class ProjectionWatch:
             await self._poll(connection, query, floor, stop, interval_s)
 
     async def _poll(
-        self, connection: asyncpg.Connection, query: str, floor: dict[str, int], stop: asyncio.Event, interval_s: float
+        self,
+        connection: asyncpg.pool.PoolConnectionProxy[asyncpg.Record],
+        query: str,
+        floor: dict[str, int],
+        stop: asyncio.Event,
+        interval_s: float,
     ) -> None:
         while True:
             rows = await connection.fetch(query, list(floor), list(floor.values()))
             now = time.time()
             for row in rows:
                 self.seen.setdefault((row["device_id"], int(row["device_seq"])), now)
-            for device in floor:
-                seq = floor[device]
+            for device, seq in list(floor.items()):
                 while (device, seq + 1) in self.seen:
-                    seq += 1
+                    seq += 1  # noqa: PLW2901 - walking the floor up
                 floor[device] = seq
             if stop.is_set():
                 return
             await asyncio.sleep(interval_s)
+
+
+async def applied_count(database_url: str, schema: str) -> int:
+    """Rows of `schema`'s `applied_ops` (one per projected op) right now."""
+    watch = ProjectionWatch(database_url, schema)
+    await watch.start()
+    try:
+        return await watch.count()
+    finally:
+        await watch.close()

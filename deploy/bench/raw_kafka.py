@@ -85,8 +85,11 @@ def _confluent_config(settings: Settings) -> dict[str, Any]:
 
 def _confluent_rate(settings: Settings, records: Sequence[OutgoingRecord]) -> float:
     producer = Producer(_confluent_config(settings))
-    for topic in {r.topic for r in records}:
-        producer.list_topics(topic, timeout=10)  # metadata outside the measurement
+    # Metadata and the idempotent producer id (InitProducerId) outside the measurement.
+    first = records[0]
+    producer.produce(first.topic, first.value, first.key, headers=list(first.headers))
+    if producer.flush(30):
+        raise RuntimeError("confluent-kafka: the warm-up record was not delivered")
     failures: list[str] = []
 
     def delivered(error: ConfluentError | None, message: object) -> None:
@@ -165,7 +168,7 @@ async def produce_consume(settings: Settings, records: Sequence[OutgoingRecord],
 
 
 async def round_trip_latencies(
-    settings: Settings, topic: str, partitions: int, value: bytes, rate: float, seconds: float
+    settings: Settings, topic: str, partitions: int, *, value: bytes, rate: float, seconds: float
 ) -> list[float]:
     """Milliseconds from send to receipt of records sent at `rate`/s for `seconds` (bare aiokafka both ends).
 

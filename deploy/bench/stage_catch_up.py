@@ -10,6 +10,7 @@ Baseline: bare asyncpg reading the same feed rows with the same keyset query sha
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import asyncpg
 from deploy.bench.config import BenchConfig
 from deploy.bench.context import BenchContext
 from deploy.bench.figures import Figure, Goal, Target
+from deploy.bench.profiling import profiled
 from deploy.bench.services import ENROLLMENT_SECRET, gateway_process
 from deploy.bench.workload import LARGE_VERSION, Workload
 from producers.device import Device, SyncConfig
@@ -56,6 +58,34 @@ async def _fill(context: BenchContext, schema: str, count: int) -> str:
     finally:
         await pool.close()
     return events[0].tenant_id
+
+
+async def wait_until_readable(database_url: str, schema: str, tenant: str, *, timeout_s: float = 600.0) -> None:
+    """Until every feed row of `tenant` is below the cluster's oldest running transaction (readable).
+
+    Readers never see rows at or above `pg_snapshot_xmin` (docs/projections.md): a long transaction anywhere
+    on the cluster — other work on a shared machine — holds every feed back until it ends.
+    """
+    table = f"{quote_ident(schema)}.outbox"
+    connection = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            hidden = await connection.fetchval(
+                f"SELECT count(*) FROM {table} WHERE tenant_id = $1 "  # noqa: S608 - quoted identifier
+                "AND tx >= pg_snapshot_xmin(pg_current_snapshot())",
+                tenant,
+            )
+            if not hidden:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{hidden} feed rows still behind a transaction that has run for over {timeout_s:.0f}s elsewhere "
+                    "on the cluster"
+                )
+            await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
 
 
 async def _keyset_rate(database_url: str, schema: str, tenant: str) -> tuple[float, int]:
@@ -104,6 +134,7 @@ async def run_catch_up(config: BenchConfig, context: BenchContext) -> list[Figur
     names = context.names("catchup")
     settings = names.settings(context.settings)
     tenant = await _fill(context, settings.pg_schema, config.catch_up_rows)
+    await wait_until_readable(settings.database_url, settings.pg_schema, tenant)
     await context.create_topics(settings)
     gateway, url = gateway_process(settings, context.log_dir)
     samples: dict[str, list[float]] = {}
@@ -116,8 +147,12 @@ async def run_catch_up(config: BenchConfig, context: BenchContext) -> list[Figur
                 samples.setdefault("device", []).append(rate)
                 rate, rows["keyset"] = await _keyset_rate(settings.database_url, settings.pg_schema, tenant)
                 samples.setdefault("keyset", []).append(rate)
+            if config.profile:
+                with profiled(context.profiles, "catch_up (the device's side)"):
+                    await _device_rate(url, tenant, Path(folder), "profiled")
     finally:
         await gateway.stop()
+    context.tally(f"catch_up: {names.schema} rows pulled", sent=config.catch_up_rows, landed=rows["device"])
     if rows["device"] != rows["keyset"]:
         raise RuntimeError(f"the device applied {rows['device']} changes, the feed holds {rows['keyset']}")
     return [

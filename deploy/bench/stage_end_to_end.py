@@ -13,6 +13,7 @@ gateway wrote (throughput), and a produce→consume round trip at the same rate 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from deploy.bench.config import BenchConfig
@@ -34,6 +35,8 @@ __all__ = ["run_end_to_end"]
 THROUGHPUT = Target(Goal.OURS_AT_LEAST, 20_000)
 LATENCY_P99 = Target(Goal.OURS_AT_MOST, 100)
 PARTITIONS = 3
+E2E_BATCH = 100
+BACKLOG_LIMIT = 5_000  # ops accepted but not yet projected, beyond which the devices wait
 
 
 async def _bare_records(context: BenchContext, topic_prefix: str, count: int) -> list[OutgoingRecord]:
@@ -58,8 +61,69 @@ async def _bare_records(context: BenchContext, topic_prefix: str, count: int) ->
     return records
 
 
+async def _sustained(
+    fleet: Fleet, watch: ProjectionWatch, meter: CpuMeter, seconds: float
+) -> tuple[float, dict[str, object]]:
+    """Ops projected per second after a fifth of `seconds` of warm-up, devices held to a bounded backlog."""
+    before = await watch.count()
+    projected = [before]
+
+    async def follow() -> None:
+        while True:
+            projected[0] = await watch.count()
+            await asyncio.sleep(0.1)
+
+    def may_push() -> bool:
+        # Sustained means the projector keeps up: devices hold back while the backlog is past the limit.
+        return before + fleet.acknowledged - projected[0] < BACKLOG_LIMIT
+
+    follower = asyncio.create_task(follow())
+    try:
+        pushing = asyncio.create_task(fleet.push_for(seconds, may_push=may_push))
+        await asyncio.sleep(seconds / 5)
+        meter.start()
+        at_start, accepted_start, began = await watch.count(), fleet.acknowledged, time.monotonic()
+        await pushing
+        at_end, ended = await watch.count(), time.monotonic()
+        split = meter.stop()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+    window = ended - began
+    rate = (at_end - at_start) / window
+    details: dict[str, object] = {
+        "accepted_ops_per_s": round((fleet.acknowledged - accepted_start) / window),
+        "projected_ops_per_s": round(rate),
+        "backlog_at_end": before + fleet.acknowledged - at_end,
+        "cpu_us_per_projected_op": split.per_event_us(at_end - at_start),
+        "cores_busy": split.cores(),
+    }
+    await watch.wait_for(before + fleet.acknowledged, timeout_s=600)
+    return rate, details
+
+
+async def _latencies(fleet: Fleet, watch: ProjectionWatch, rate: float, seconds: float) -> list[float]:
+    """Milliseconds from push to row of each op pushed at `rate` (after a fifth of `seconds` of warm-up)."""
+    projected_before, acknowledged_before = await watch.count(), fleet.acknowledged
+    floor = {stream.device_id: stream.seq for stream in fleet.streams}
+    stop = asyncio.Event()
+    observing = asyncio.create_task(watch.observe(list(floor), stop, floors=floor))
+    warmed_up = time.time() + seconds / 5
+    try:
+        await fleet.push_at_rate(rate, seconds)
+        await watch.wait_for(projected_before + fleet.acknowledged - acknowledged_before, timeout_s=120)
+        await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await observing
+    return [
+        (watch.seen[key] - sent) * 1000 for key, sent in fleet.sent.items() if sent >= warmed_up and key in watch.seen
+    ]
+
+
 async def run_end_to_end(config: BenchConfig, context: BenchContext) -> list[Figure]:
-    """Sustained throughput and latency at half of it, against bare Kafka, `repetitions` times."""
+    """Sustained throughput and latency at half of it, against bare Kafka, `heavy_repetitions` times."""
     names = context.names("e2e")
     settings = names.settings(context.settings, change_topic_partitions=PARTITIONS)
     await context.create_topics(settings)
@@ -67,67 +131,45 @@ async def run_end_to_end(config: BenchConfig, context: BenchContext) -> list[Fig
     projector = projector_process(settings, context.log_dir)
     watch = ProjectionWatch(settings.database_url, settings.pg_schema)
     samples: dict[str, list[float]] = {}
-    extra: dict[str, object] = {"devices": config.e2e_devices, "ops_per_push": config.push_batch}
+    extra: dict[str, object] = {
+        "devices": config.e2e_devices,
+        "ops_per_push": E2E_BATCH,
+        "backlog_limit": BACKLOG_LIMIT,
+    }
+    pushed = 0
     try:
-        await gateway.start()
-        await projector.start()
+        await asyncio.gather(gateway.start(), projector.start())
         await watch.start()
-        for repetition in range(config.repetitions):
+        for repetition in range(config.heavy_repetitions):
             workload = Workload(devices=config.e2e_devices, tag=f"{context.tag}-e2e{repetition}")
-            fleet = Fleet(url, workload.streams(), config.push_batch)
+            fleet = Fleet(url, workload.streams(), E2E_BATCH)
             await fleet.start()
             try:
-                before = await watch.count()
                 meter = CpuMeter({"gateway": gateway.cpu_seconds, "projector": projector.cpu_seconds})
-                warm_up = config.e2e_seconds / 5
-                pushing = asyncio.create_task(fleet.push_for(config.e2e_seconds))
-                await asyncio.sleep(warm_up)
-                meter.start()
-                at_start, began = await watch.count(), time.monotonic()
-                await pushing
-                at_end, ended = await watch.count(), time.monotonic()
-                split = meter.stop()
-                projected = at_end - at_start
-                rate = projected / (ended - began)
-                samples.setdefault("throughput", []).append(rate)
-                samples.setdefault("accepted", []).append(fleet.acknowledged / config.e2e_seconds)
-                extra[f"repetition {repetition + 1}"] = {
-                    "accepted_ops_per_s": round(fleet.acknowledged / config.e2e_seconds),
-                    "projected_ops_per_s": round(rate),
-                    "backlog_at_end": before + fleet.acknowledged - at_end,
-                    "cpu_us_per_projected_op": split.per_event_us(projected),
-                    "cores_busy": split.cores(),
-                }
-                await watch.wait_for(before + fleet.acknowledged, timeout_s=600)
-                # Latency at half the sustained rate, the backlog gone.
+                rate, extra[f"repetition {repetition + 1}"] = await _sustained(fleet, watch, meter, config.e2e_seconds)
                 half = max(10.0, rate / 2)
-                floor = {s.device_id: s.seq for s in fleet.streams}
-                stop = asyncio.Event()
-                observing = asyncio.create_task(watch.observe(list(floor), stop, floors=floor))
-                sent_before = len(fleet.sent)
-                await fleet.push_at_rate(half, config.latency_seconds)
-                await watch.wait_for(before + fleet.acknowledged, timeout_s=120)
-                await asyncio.sleep(0.05)
-                stop.set()
-                await observing
-                latencies = [
-                    (watch.seen[key] - sent) * 1000
-                    for key, sent in list(fleet.sent.items())[sent_before:]
-                    if key in watch.seen
-                ]
-                samples.setdefault("p50", []).append(percentile(latencies, 0.5))
-                samples.setdefault("p99", []).append(percentile(latencies, 0.99))
-                samples.setdefault("half_rate", []).append(half)
+                latencies = await _latencies(fleet, watch, half, config.latency_seconds)
             finally:
+                pushed += fleet.acknowledged
                 await fleet.close()
+            samples.setdefault("throughput", []).append(rate)
+            samples.setdefault("p50", []).append(percentile(latencies, 0.5))
+            samples.setdefault("p99", []).append(percentile(latencies, 0.99))
+            samples.setdefault("half_rate", []).append(half)
             bare = await _bare_records(context, names.prefix, max(2_000, int(rate * 5)))
             samples.setdefault("bare_throughput", []).append(await produce_consume(settings, bare, PARTITIONS))
-            value = bare[0].value or b""
             round_trip = await round_trip_latencies(
-                settings, f"{names.prefix}.bare", PARTITIONS, value, half, config.latency_seconds
+                settings,
+                f"{names.prefix}.bare",
+                PARTITIONS,
+                value=bare[0].value or b"",
+                rate=half,
+                seconds=config.latency_seconds,
             )
+            round_trip = round_trip[len(round_trip) // 5 :]  # the same warm-up as ours
             samples.setdefault("bare_p50", []).append(percentile(round_trip, 0.5))
             samples.setdefault("bare_p99", []).append(percentile(round_trip, 0.99))
+        context.tally(f"end_to_end: {names.schema} ops", sent=pushed, landed=await watch.count())
     finally:
         await watch.close()
         await projector.stop()

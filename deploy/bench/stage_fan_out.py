@@ -34,7 +34,8 @@ async def _cost(context: BenchContext, devices: int, changes: int, label: str) -
     pool = await context.pool(max_size=2)
     try:
         await migrate(pool, schema, (PROJECTOR_SQL,))
-        workload = Workload(devices=min(devices, 20), tenants=1, entities=200, tag=label, version=LARGE_VERSION)
+        # The same writers every time (20 devices, 200 entities); only the number of reading devices changes.
+        workload = Workload(devices=20, tenants=1, entities=200, tag="fanout", version=LARGE_VERSION)
         events = workload.events(changes)
         tenant = events[0].tenant_id
         await pool.executemany(
@@ -43,7 +44,7 @@ async def _cost(context: BenchContext, devices: int, changes: int, label: str) -
                 "VALUES ($1, $2, '0.0', '0'::xid8, 0)",
                 schema,
             ),
-            [(tenant, f"{label}-reader-{index}") for index in range(devices)],
+            [(tenant, f"reader-{index}") for index in range(devices)],
         )
         store = PgProjectionStore(pool, schema)
         partition = TopicPartition(f"{label}.task.changes", 0)

@@ -23,6 +23,7 @@ from deploy.bench.config import BenchConfig
 from deploy.bench.context import BenchContext
 from deploy.bench.figures import Figure, Goal, Target
 from deploy.bench.http_devices import HttpPusher, enroll
+from deploy.bench.profiling import profiled
 from deploy.bench.raw_kafka import aiokafka_send_rate, confluent_send_rate
 from deploy.bench.services import ENROLLMENT_SECRET, gateway_process
 from deploy.bench.workload import DeviceStream, Workload, push_body
@@ -50,10 +51,10 @@ def _plan(streams: list[DeviceStream], per_device: int, batch: int) -> dict[str,
 
 
 async def _push_in_process(
-    gateway: Gateway, streams: list[DeviceStream], plan: dict[str, list[list[ChangeEvent]]]
+    gateway: Gateway, streams: list[DeviceStream], plan: dict[str, list[list[ChangeEvent]]], *, sampled: bool = True
 ) -> float:
     """Ops/s through `PushService.push`, every device pushing its batches in turn, all devices at once."""
-    bodies = {device: [push_body(batch) for batch in batches] for device, batches in plan.items()}
+    bodies = {device: [push_body(batch, sampled=sampled) for batch in batches] for device, batches in plan.items()}
     claims = {s.device_id: DeviceClaims(s.tenant_id, s.device_id, {"task": 2}, FAR_FUTURE_MS) for s in streams}
 
     async def device(device_id: str) -> None:
@@ -117,6 +118,13 @@ async def run_produce(config: BenchConfig, context: BenchContext) -> list[Figure
             plan = _plan(streams, per_device, config.push_batch)
             samples.setdefault("gateway_in_process", []).append(await _push_in_process(gateway, streams, plan))
 
+            unsampled = workload("unsampled").streams()
+            samples.setdefault("gateway_unsampled", []).append(
+                await _push_in_process(
+                    gateway, unsampled, _plan(unsampled, per_device, config.push_batch), sampled=False
+                )
+            )
+
             signed = workload("signed").streams()
             for stream in signed:
                 stream.signing_key = Ed25519PrivateKey.generate()
@@ -134,12 +142,20 @@ async def run_produce(config: BenchConfig, context: BenchContext) -> list[Figure
             http_streams = workload("http").streams()
             http_plan = _plan(http_streams, per_device, config.push_batch)
             samples.setdefault("gateway_http", []).append(await _push_http(url, http_streams, http_plan))
+        if config.profile:
+            streams = Workload(devices=config.produce_devices, tag=f"{context.tag}-profiled").streams()
+            with profiled(context.profiles, "produce (PushService.push in process)"):
+                await _push_in_process(gateway, streams, _plan(streams, per_device, config.push_batch))
     finally:
         await server.stop()
         await gateway.stop()
     baseline = samples["aiokafka"]
     what = "raw aiokafka (acks=all, idempotent) sending the same pre-encoded records, same concurrency"
-    extra = {"devices": config.produce_devices, "ops_per_push": config.push_batch, "ops": per_device * config.produce_devices}
+    extra = {
+        "devices": config.produce_devices,
+        "ops_per_push": config.push_batch,
+        "ops": per_device * config.produce_devices,
+    }
     return [
         Figure(
             "produce.gateway_in_process",
@@ -159,6 +175,16 @@ async def run_produce(config: BenchConfig, context: BenchContext) -> list[Figure
             baseline,
             what,
             target=TARGET,
+            extra=extra,
+        ),
+        Figure(
+            "produce.gateway_unsampled_in_process",
+            "PushService.push in process, the ops' traces not sampled (devices at KEEL_OTEL_SAMPLE_RATIO=0)",
+            "ops/s",
+            samples["gateway_unsampled"],
+            baseline,
+            what,
+            notes="what recording a produce span per op costs: compare with produce.gateway_in_process",
             extra=extra,
         ),
         Figure(

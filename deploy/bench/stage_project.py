@@ -20,11 +20,13 @@ from typing import Any
 
 import asyncpg
 
+from consumers.projector import Projector, topic_specs
 from deploy.bench.config import BenchConfig
 from deploy.bench.context import BenchContext, Names
 from deploy.bench.figures import Figure, Goal, Target
+from deploy.bench.load import applied_count
+from deploy.bench.profiling import profiled
 from deploy.bench.workload import Workload, traceparent
-from consumers.projector import Projector, topic_specs
 from keel.event_log import OutgoingRecord
 from keel.kafka_adapter import AioKafkaLogWriter, ensure_topics
 from keel.settings import Settings
@@ -164,7 +166,11 @@ async def run_project(config: BenchConfig, context: BenchContext) -> list[Figure
             run = Names(base.prefix, context.fresh_schema("projrun"), f"{base.prefix}-{label}-{len(samples)}")
             rate = await run_projector(run.settings(settings, otel_record_spans=spans), len(events))
             samples.setdefault(label, []).append(rate)
+            landed = await applied_count(context.settings.database_url, run.schema)
+            context.tally(f"project: {run.schema} ops", sent=len(events), landed=landed)
         columns, final = await _final_rows(context.settings.database_url, run.schema)
+        entities = {(e.tenant_id, e.entity_id) for e in events}
+        context.tally(f"project: {run.schema} task rows", sent=len(entities), landed=len(final))
         batches = [
             [final[key] for key in dict.fromkeys((e.tenant_id, e.entity_id) for e in events[start : start + BATCH])]
             for start in range(0, len(events), BATCH)
@@ -177,6 +183,10 @@ async def run_project(config: BenchConfig, context: BenchContext) -> list[Figure
         samples.setdefault("raw_copy", []).append(
             await raw_copy_rate(context.settings.database_url, target, columns, per_event)
         )
+    if config.profile:
+        run = Names(base.prefix, context.fresh_schema("projprof"), f"{base.prefix}-profiled")
+        with profiled(context.profiles, "project (Projector in process)"):
+            await run_projector(run.settings(settings), len(events))
     extra = {
         "events": len(events),
         "entities": len({(e.tenant_id, e.entity_id) for e in events}),

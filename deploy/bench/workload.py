@@ -208,18 +208,17 @@ def _wire_op(event: ChangeEvent) -> dict[str, Any]:
     }
 
 
-def traceparent(rng: random.Random | None = None) -> str:
-    """A sampled W3C traceparent with random ids, like the one each op's capture span gives it on a device."""
-    source = rng or random
-    return f"00-{source.getrandbits(128):032x}-{source.getrandbits(64):016x}-01"
+def traceparent(*, sampled: bool = True) -> str:
+    """A W3C traceparent with random ids, like the one each op's capture span gives it on a device."""
+    return f"00-{random.getrandbits(128):032x}-{random.getrandbits(64):016x}-{'01' if sampled else '00'}"
 
 
-def push_body(events: list[ChangeEvent], *, traced: bool = True) -> bytes:
+def push_body(events: list[ChangeEvent], *, traced: bool = True, sampled: bool = True) -> bytes:
     """The body of `POST /v1/push` for `events`: what the SDK's `GatewayClient.push` sends, as compact JSON.
 
-    `traced`: each op carries the traceparent of its capture, as the SDK sends it by default (every trace
-    sampled), so the gateway continues each op's trace with a produce span.
+    `traced`: each op carries the traceparent of its capture, as the SDK sends it (with the default sample
+    ratio of 1 every trace is `sampled`), so the gateway continues each op's trace with a produce span.
     """
-    traces = {str(event.device_seq): traceparent() for event in events} if traced else {}
+    traces = {str(event.device_seq): traceparent(sampled=sampled) for event in events} if traced else {}
     body = {"ops": wire_ops(events), "abandoned": [], "traces": traces}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

@@ -4,7 +4,8 @@ The owner role (`keel` on the local stack) owns every schema, applies migrations
 tooling (rebuild, snapshots, overrides). Services log in as:
 
     keel_gateway    devices, device heads and seq outcomes read-write; the outbox feed read-only,
-                    device cursors read-write; entity tables read-only (state sync and digests)
+                    device cursors read-write; entity tables read-only (state sync and digests);
+                    rollout flags read-only (read at every handshake; `keel rollout` writes them as the owner)
     keel_projector  entity tables, decisions, outbox (append; delete for pruning), outbox horizons,
                     applied_ops and consumer_offsets read-write; device cursors read-only (compaction)
     keel_readonly   SELECT on every table, except columns holding secrets (devices.secret_sha256)
@@ -61,6 +62,8 @@ _GATEWAY: dict[str, tuple[str, ...]] = {
     # device keys are registered at enrolment and rotation; chain heads are read for handshakes.
     "token_signing_keys": _READ_WRITE,
     "device_keys": _APPEND,
+    # Read at every handshake; only operators change cohorts (`keel rollout set | clear`, as the owner).
+    "rollout_flags": _READ,
 }
 _PROJECTOR: dict[str, tuple[str, ...]] = {
     "applied_ops": _APPEND,

@@ -255,7 +255,11 @@ class KafkaCluster:
 
         security = self.security.client_config() if self.security is not None else {}
         for node in self.nodes:
-            admin = AdminClient({"bootstrap.servers": node.endpoint, "socket.timeout.ms": 3000, **security})
+            # log_level 0: refused connections are the expected answer while the broker starts; the probe's
+            # verdict is the signal, librdkafka's per-attempt lines on stderr are noise.
+            admin = AdminClient(
+                {"bootstrap.servers": node.endpoint, "socket.timeout.ms": 3000, "log_level": 0, **security}
+            )
             try:
                 metadata = admin.list_topics(timeout=timeout_s)
             except Exception:  # noqa: BLE001 - any client failure means "not ready yet"

@@ -87,6 +87,10 @@ events stay in the log and stay readable. A field marked deprecated is still wri
 its replacement; it is removed only in a new version once every cohort is past the version that needs it,
 and the compatibility level still forbids any change that would break an existing reader.
 
+**Sensitive fields.** `x-keel-sensitive-fields` lists payload fields Keel encrypts at rest in its own
+projection tables. It is policy, not part of the Avro schema: the events in the log carry these values as
+written, so treat them with care in your own stores.
+
 **Dead letters.** Events the projector cannot apply (undecodable bytes, unknown schema id, failed
 validation) go to `{prefix}.dlq` unchanged, with headers naming the source and the reason.
 """
@@ -148,6 +152,10 @@ def _message(catalog: Catalog, topic: str, schema: EntitySchema) -> dict[str, An
     deprecated = _deprecated_fields(schema)
     if deprecated:
         message["x-keel-deprecated-fields"] = deprecated
+    sensitive = [spec.name for spec in schema.fields if spec.sensitive]
+    if sensitive:
+        # Policy from subjects.toml, not part of the registered schema: encrypted at rest in the projections.
+        message["x-keel-sensitive-fields"] = sensitive
     return message
 
 

@@ -451,8 +451,11 @@ class SyncLoop:
                 return await self.push_once()
 
             await self._guarded("push", step)
+            # Not `asyncio.wait_for`: on 3.11 it swallows a cancel that arrives in the iteration the event is
+            # set (CPython gh-86296), and `stop()` would wait for this worker forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._push_nudge.wait(), self.config.idle_recheck_s)
+                async with asyncio.timeout(self.config.idle_recheck_s):
+                    await self._push_nudge.wait()
 
     async def _pull_worker(self) -> None:
         while True:
@@ -466,7 +469,8 @@ class SyncLoop:
             await self._guarded("pull", step)
             if self.config.use_stream and self._stream_connected:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poke.wait(), self.config.idle_recheck_s)
+                    async with asyncio.timeout(self.config.idle_recheck_s):  # not wait_for: see _push_worker
+                        await self._poke.wait()
 
     async def _stream_worker(self) -> None:
         backoff = self._backoff()

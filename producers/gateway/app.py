@@ -217,7 +217,10 @@ class _Api:
             async with gateway.watcher.listen(claims.tenant_id) as moved:
                 while gateway.lifecycle.state is State.RUNNING:
                     try:
-                        await asyncio.wait_for(moved.wait(), heartbeat_s)
+                        # Not `asyncio.wait_for`: on 3.11 it can swallow the cancel of a client that went away
+                        # in the iteration the outbox moved (CPython gh-86296), leaving the stream running.
+                        async with asyncio.timeout(heartbeat_s):
+                            await moved.wait()
                     except TimeoutError:
                         yield ": keep-alive\n\n"
                         continue

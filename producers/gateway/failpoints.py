@@ -2,8 +2,10 @@
 
 `KEEL_GATEWAY_FAILPOINTS="after-produce=kill"` makes the process SIGKILL itself right after the broker
 acknowledged a push and before the ledger commit and the HTTP answer — the worst moment to die, which
-the fault tests need to hit exactly rather than by timing. Actions: `kill` (SIGKILL this process) and
-`unavailable` (raise ServiceUnavailableError). Never configure failpoints in production.
+the fault tests need to hit exactly rather than by timing. `before-produce` fires just before the records
+are handed to the producer (the broker never sees them), `after-commit` after the ledger commit, before
+the answer. Actions: `kill` (SIGKILL this process) and `unavailable` (raise ServiceUnavailableError).
+Never configure failpoints in production.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from keel.logging import get_logger
 
 __all__ = ["FAILPOINT_NAMES", "Failpoints"]
 
-FAILPOINT_NAMES = ("after-produce", "after-commit")
+FAILPOINT_NAMES = ("before-produce", "after-produce", "after-commit")
 _ACTIONS = ("kill", "unavailable")
 _log = get_logger("gateway.failpoints")
 

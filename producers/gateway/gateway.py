@@ -18,6 +18,7 @@ from producers.gateway.backpressure import DeviceRateLimiter, ProducerBudget
 from producers.gateway.devices import DeviceDirectory
 from producers.gateway.failpoints import Failpoints
 from producers.gateway.op_verification import ChainVerifier
+from producers.gateway.outbox_signals import OutboxSignals
 from producers.gateway.pull import OutboxWatcher, PullService
 from producers.gateway.push import PushLimits, PushService
 from producers.gateway.push_ledger import PushLedger
@@ -54,6 +55,7 @@ class GatewayPorts:
     rollout: RolloutFlags | None = None  # live rollout cohorts; None = subjects.toml only
     signing_keys: SigningKeyStore | None = None  # token keys shared by instances; None = one in-memory key
     device_keys: DeviceKeyRegistry | None = None  # devices' op-signing keys; None = in memory
+    signals: OutboxSignals | None = None  # the projector's outbox notifications; None = polling only
 
 
 class Gateway:
@@ -121,7 +123,12 @@ class Gateway:
             failpoints=Failpoints(settings.gateway_failpoints),
             chains=ChainVerifier(self.device_keys, require_signed=settings.require_signed_ops),
         )
-        self.watcher = OutboxWatcher(ports.outbox, interval_s=settings.gateway_outbox_poll_s)
+        self.watcher = OutboxWatcher(
+            ports.outbox,
+            interval_s=settings.gateway_outbox_poll_s,
+            signals=ports.signals,
+            fallback_interval_s=settings.gateway_outbox_fallback_poll_s,
+        )
         self.pull = PullService(
             ports.outbox, self.watcher, self.migrations, max_wait_s=settings.gateway_pull_max_wait_s
         )

@@ -384,6 +384,7 @@ class PushService:
                     expected += 1
                     await self._new_verdict(item, trace, accepted_at, verdicts)
             if verdicts.records:
+                self._failpoints.hit("before-produce")
                 await self._produce(verdicts.records)
                 self._failpoints.hit("after-produce")
             if verdicts.outcomes:

@@ -26,8 +26,10 @@ _SQL = {
     "head": "SELECT head_seq FROM {schema}.device_heads WHERE device_id = $1",
     "outcomes": "SELECT seq, event_id, outcome, code, reason, field, op_hash, prev_hash, signature "
     "FROM {schema}.device_seq_outcomes WHERE device_id = $1 AND seq = ANY($2::bigint[])",
+    # One statement over arrays, not one per seq: a push of 500 ops records 500 outcomes.
     "record": "INSERT INTO {schema}.device_seq_outcomes (device_id, seq, event_id, outcome, code, reason, field, "
-    "op_hash, prev_hash, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    "op_hash, prev_hash, signature) SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], "
+    "$6::text[], $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
     "head_hash": "SELECT o.op_hash FROM {schema}.device_heads h JOIN {schema}.device_seq_outcomes o "
     "ON o.device_id = h.device_id AND o.seq = h.head_seq WHERE h.device_id = $1",
     "move_head": "INSERT INTO {schema}.device_heads (device_id, tenant_id, head_seq) VALUES ($1, $2, $3) "
@@ -78,24 +80,20 @@ class _PgSession:
         current = await self.head()
         if head < current:
             raise SequenceError(f"the head of {self._device_id} may not move back from {current} to {head}")
-        await self._db.executemany(
-            self._sql["record"],
-            [
-                (
-                    self._device_id,
-                    o.seq,
-                    o.event_id,
-                    o.outcome.value,
-                    o.code,
-                    o.reason,
-                    o.field,
-                    o.hash,
-                    o.prev_hash,
-                    o.signature,
-                )
-                for o in outcomes
-            ],
-        )
+        if outcomes:
+            await self._db.execute(
+                self._sql["record"],
+                self._device_id,
+                [o.seq for o in outcomes],
+                [o.event_id for o in outcomes],
+                [o.outcome.value for o in outcomes],
+                [o.code for o in outcomes],
+                [o.reason for o in outcomes],
+                [o.field for o in outcomes],
+                [o.hash for o in outcomes],
+                [o.prev_hash for o in outcomes],
+                [o.signature for o in outcomes],
+            )
         await self._db.execute(
             self._sql["move_head"],
             self._device_id,

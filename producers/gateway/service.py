@@ -2,8 +2,9 @@
 
 Start-up: PostgreSQL pool and SQL migrations (projector 0NN and gateway 1NN files, so the gateway can
 start first), change topics (created like the projector does when missing), schema registration, the
-idempotent producer. Any of them down at start fails the start with a clear message: the process exits
-non-zero and its supervisor restarts it.
+idempotent producer, and a connection LISTENing for the projector's outbox notifications (it reconnects
+in the background, and polling covers its absence). Any of the others down at start fails the start with
+a clear message: the process exits non-zero and its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from types import FrameType
 import uvicorn
 
 from keel.errors import ServiceUnavailableError
-from keel.kafka_adapter import AioKafkaLogWriter, TopicSpec, ensure_topics
+from keel.kafka_adapter import AioKafkaLogWriter, ensure_topics
 from keel.logging import get_logger
 from keel.settings import Settings
 from keel.telemetry import configure_telemetry
 from producers.gateway.app import build_app
 from producers.gateway.devices_pg_adapter import PgDeviceDirectory
 from producers.gateway.gateway import Gateway, GatewayPorts
+from producers.gateway.outbox_signals_pg_adapter import PgOutboxSignals
 from producers.gateway.push_ledger_pg_adapter import PgPushLedger
 from producers.gateway.rollout_pg_adapter import PgRolloutFlags
 from producers.gateway.signing_keys_pg_adapter import PgSigningKeyStore
@@ -32,7 +34,7 @@ from projections.pg_adapter import connect_pool
 from projections.pg_store_adapter import PgProjectionStore
 from projections.sql_migrations import PROJECTOR_SQL
 from projections.sql_migrator_adapter import migrate
-from schemas.catalog import default_catalog
+from projections.topics import change_topic_specs
 from schemas.registry_adapter import ConfluentSchemaRegistry
 
 __all__ = ["GATEWAY_SQL", "GatewayServer", "open_gateway", "run_gateway", "serve_gateway"]
@@ -54,20 +56,6 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def _change_topics(settings: Settings) -> list[TopicSpec]:
-    # Same specs as consumers.projector.topic_specs (retention.ms=-1: rebuilds replay from the start);
-    # producers may not import consumers, and whichever service starts first creates them.
-    return [
-        TopicSpec(
-            settings.topic_for(entity),
-            settings.change_topic_partitions,
-            settings.change_topic_replication,
-            {"retention.ms": "-1"},
-        )
-        for entity in default_catalog().entities()
-    ]
-
-
 async def open_gateway(settings: Settings) -> Gateway:
     """A `Gateway` on PostgreSQL, Kafka and the registry (not started: the app's lifespan starts it)."""
     configure_telemetry(
@@ -78,7 +66,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         applied = await migrate(pool, settings.pg_schema, (PROJECTOR_SQL, GATEWAY_SQL))
         if applied:
             _log.info("sql migrations applied", schema=settings.pg_schema, migrations=applied)
-        created = await ensure_topics(settings, _change_topics(settings))
+        created = await ensure_topics(settings, change_topic_specs(settings))  # the projector's specs too
         if created:
             _log.info("topics created", topics=created)
     except BaseException:
@@ -94,6 +82,7 @@ async def open_gateway(settings: Settings) -> Gateway:
         rollout=PgRolloutFlags(pool, settings.pg_schema),
         signing_keys=PgSigningKeyStore(pool, settings.pg_schema),
         device_keys=PgDeviceKeyRegistry(pool, settings.pg_schema),
+        signals=PgOutboxSignals(settings.database_url, settings.pg_schema) if settings.gateway_outbox_signals else None,
     )
     return Gateway(ports, settings, on_stop=pool.close)
 

@@ -9,7 +9,7 @@ merging later changes exactly as the server does.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from keel.errors import ValidationError
@@ -29,8 +29,10 @@ MAX_SNAPSHOT_IDS = 500
 class StateSource(Protocol):
     """The read side of the projection store this service needs (any `ProjectionStore` is one)."""
 
-    async def entity_state(self, entity_type: str, tenant_id: str, entity_id: str) -> EntityState | None:
-        """The merged state of one entity."""
+    async def entity_states(
+        self, entity_type: str, tenant_id: str, entity_ids: Sequence[str]
+    ) -> dict[str, EntityState]:
+        """The merged states of some entities of one tenant (ids without one are left out)."""
         ...
 
     async def visible_rows(self, entity_type: str, tenant_id: str | None = None) -> list[VisibleRow]:
@@ -103,12 +105,7 @@ class StateService:
         wanted = list(dict.fromkeys(i for i in ids if i))
         if len(wanted) > MAX_SNAPSHOT_IDS:
             raise ValidationError(f"at most {MAX_SNAPSHOT_IDS} ids per request, got {len(wanted)}", field="ids")
-        snapshots: list[EntitySnapshot] = []
-        missing: list[str] = []
-        for entity_id in wanted:
-            state = await self._states.entity_state(entity_type, claims.tenant_id, entity_id)
-            if state is None:
-                missing.append(entity_id)
-            else:
-                snapshots.append(self.snapshot_in(state, version))
+        states = await self._states.entity_states(entity_type, claims.tenant_id, wanted) if wanted else {}
+        snapshots = [self.snapshot_in(states[entity_id], version) for entity_id in wanted if entity_id in states]
+        missing = [entity_id for entity_id in wanted if entity_id not in states]
         return EntitySnapshotsResponse(snapshots=snapshots, missing=missing)

@@ -17,6 +17,7 @@ from projections.batch import TopicPartition
 from projections.pg_adapter import Pool
 from projections.pg_admin_adapter import PgAdmin
 from projections.sql_migrations import in_schema
+from tests.support.services import kafka_security_env
 
 KEEL = str(Path(sys.executable).parent / "keel")
 
@@ -35,6 +36,7 @@ def projector_env(settings: Settings) -> dict[str, str]:
         KEEL_LOG_LEVEL="INFO",
         KEEL_REGISTRY_AUTO_REGISTER="true" if settings.registry_auto_register else "false",
     )
+    env.update(kafka_security_env(settings))
     return env
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ from tests.consumers.helpers import (
 )
 from tests.consumers.projector_rig import count, read_topic, running_projector, wait_applied
 from tests.support.naming import unique
-from tests.support.services import Services
+from tests.support.services import Services, librdkafka_config
 
 pytestmark = pytest.mark.integration
 
@@ -120,11 +121,14 @@ async def pg_proxy(services: Services) -> AsyncIterator[tuple[str, str]]:
     assert services.toxiproxy_url is not None
     name = unique("pg-projector")
     api = httpx.AsyncClient(base_url=services.toxiproxy_url, timeout=10)
-    created = await api.post("/proxies", json={"name": name, "listen": "127.0.0.1:0", "upstream": "127.0.0.1:55432"})
+    database = urlsplit(services.database_url)  # the stack's own port (the secure stack's differs)
+    upstream = f"{database.hostname}:{database.port}"
+    created = await api.post("/proxies", json={"name": name, "listen": "127.0.0.1:0", "upstream": upstream})
     created.raise_for_status()
     port = int(created.json()["listen"].rsplit(":", 1)[1])
+    credentials = f"{database.username}:{database.password}@" if database.password else f"{database.username}@"
     try:
-        yield name, services.database_url.replace(":55432/", f":{port}/")
+        yield name, urlunsplit(database._replace(netloc=f"{credentials}127.0.0.1:{port}"))
     finally:
         await api.delete(f"/proxies/{name}")
         await api.aclose()
@@ -223,7 +227,7 @@ async def test_events_from_a_partners_plain_avro_serializer_are_projected(
     topic = keel_settings.topic_for("task")
     schema_text = default_catalog().schema("task", 2).text
     await registry.register(subject_for(topic), schema_text)  # the partner registers once, then serializes
-    producer = Producer({"bootstrap.servers": keel_settings.kafka_bootstrap, "acks": "all"})
+    producer = Producer({**librdkafka_config(keel_settings), "acks": "all"})
     with SchemaRegistryClient({"url": keel_settings.registry_url}) as client:
         serializer = AvroSerializer(client, schema_text, conf={"auto.register.schemas": False})
         for index in range(5):

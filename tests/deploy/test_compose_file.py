@@ -107,7 +107,10 @@ def test_health_checks_probe_the_health_endpoint_on_the_settings_port(
     assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
     probe = " ".join(service["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in probe
-    assert service["environment"]["KEEL_GATEWAY_HOST"] == "0.0.0.0", "reachable from outside the container"
+    listeners = {f"KEEL_{field.upper()}" for field in Settings.model_fields if field.endswith("_host")}
+    assert listeners, "the settings name the interfaces services listen on"
+    for listener in sorted(listeners):
+        assert service["environment"][listener] == "0.0.0.0", f"{listener}: reachable from outside the container"
 
 
 @pytest.mark.parametrize("name", [*sorted(KEEL_SERVICES), "schemas-init"])

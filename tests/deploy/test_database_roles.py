@@ -97,6 +97,7 @@ APPLIED_ROW = (
     "INSERT INTO {s}.applied_ops (device_id, device_seq, event_id, tenant_id, entity_type, entity_id, topic, "
     "partition, log_offset) VALUES ('d', 1, 'e', 't', 'task', 'x', 'k.task.changes', 0, 0)"
 )
+ROLLOUT_ROW = "INSERT INTO {s}.rollout_flags (entity, tenants, percent) VALUES ('task', '{acme}', 5)"
 
 CASES: dict[str, dict[str, list[str]]] = {
     "gateway": {
@@ -113,9 +114,12 @@ CASES: dict[str, dict[str, list[str]]] = {
             "SELECT count(*) FROM {s}.outbox_horizons",
             "SELECT count(*) FROM {s}.task",
             "SELECT version FROM {s}.schema_migrations",
+            "SELECT entity, tenants, percent FROM {s}.rollout_flags",
         ],
         "denied": [
             "UPDATE {s}.task SET title = 'x'",
+            ROLLOUT_ROW,
+            "DELETE FROM {s}.rollout_flags",
             TASK_ROW,
             OUTBOX_ROW,
             "DELETE FROM {s}.outbox",
@@ -147,6 +151,7 @@ CASES: dict[str, dict[str, list[str]]] = {
             "DELETE FROM {s}.task",
             "UPDATE {s}.device_heads SET head_seq = 0",
             "SELECT nextval('{s}.operator_seq')",
+            "SELECT count(*) FROM {s}.rollout_flags",
             "DROP TABLE {s}.task",
             "CREATE TABLE {s}.evil (x int)",
         ],
@@ -157,9 +162,11 @@ CASES: dict[str, dict[str, list[str]]] = {
             "SELECT device_id, tenant_id, label, versions FROM {s}.devices",
             "SELECT count(*) FROM {s}.consumer_offsets",
             "SELECT count(*) FROM {s}.projection_snapshots",
+            "SELECT count(*) FROM {s}.rollout_flags",
         ],
         "denied": [
             "SELECT secret_sha256 FROM {s}.devices",
+            ROLLOUT_ROW,
             "SELECT * FROM {s}.devices",
             TASK_ROW,
             "UPDATE {s}.outbox SET kind = 'x'",

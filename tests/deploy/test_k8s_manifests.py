@@ -296,6 +296,8 @@ def test_settings_and_secrets_are_wired_to_real_settings_and_operator_made_secre
     fields = set(Settings.model_fields)
     assert {key.removeprefix("KEEL_").lower() for key in config} <= fields, "no misspelt setting"
     assert all(isinstance(value, str) for value in config.values()), "ConfigMap values are strings"
+    listeners = {f"KEEL_{field.upper()}" for field in fields if field.endswith("_host")}
+    assert {name: config.get(name) for name in listeners} == dict.fromkeys(listeners, "0.0.0.0"), "probes reach pods"
     users = {u["metadata"]["name"] for u in _find("KafkaUser")}
     for service in SERVICES:
         container = _one("Deployment", f"keel-{service}")["spec"]["template"]["spec"]["containers"][0]

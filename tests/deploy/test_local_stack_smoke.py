@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from keel.kafka_adapter import client_options
 from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
@@ -35,13 +36,14 @@ TASK_V2_COMPATIBLE = {
 
 
 async def test_idempotent_produce_then_consume(services: Services, topic_name: str, group_id: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    options = client_options(services.settings())  # TLS and SASL too on the secure stack
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic_name, num_partitions=3, replication_factor=1)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(**options, enable_idempotence=True, acks="all")
     await producer.start()
     try:
         sent = [await producer.send_and_wait(topic_name, f"v{i}".encode(), key=b"same-key") for i in range(5)]
@@ -52,7 +54,7 @@ async def test_idempotent_produce_then_consume(services: Services, topic_name: s
 
     consumer = AIOKafkaConsumer(
         topic_name,
-        bootstrap_servers=services.kafka_bootstrap,
+        **options,
         group_id=group_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

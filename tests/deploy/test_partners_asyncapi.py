@@ -137,6 +137,15 @@ def test_deprecated_fields_are_listed_per_version(document: dict[str, Any]) -> N
     assert document["components"]["messages"]["taskChangeV3"]["x-keel-deprecated-fields"][0]["field"] == "due"
 
 
+def test_sensitive_fields_come_from_policy_and_leave_the_avro_schema_as_registered(document: dict[str, Any]) -> None:
+    catalog = default_catalog()
+    message = document["components"]["messages"]["commentChangeV1"]
+    assert message["x-keel-sensitive-fields"] == ["body"]
+    assert message["payload"]["schema"] == catalog.schema("comment", 1).envelope
+    assert "keel.sensitive" not in json.dumps(document)
+    assert "x-keel-sensitive-fields" not in document["components"]["messages"]["taskChangeV1"]
+
+
 def test_a_new_entity_in_the_catalog_appears_without_touching_the_generator(tmp_path: Path) -> None:
     root = _copy_catalog(tmp_path)
     (root / "avro" / "label").mkdir()

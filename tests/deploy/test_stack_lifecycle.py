@@ -37,13 +37,14 @@ def test_status_json_reports_every_service_healthy(services: Services) -> None:
         assert entry["healthy"] is True, name
         assert psutil.pid_exists(entry["pid"]), name
     assert status["kafka"]["endpoint"] == services.kafka_bootstrap
+    assert status["kafka"]["secure"] is services.secure, "the mode the tests run in is the one the stack reports"
 
 
 def test_second_up_is_a_no_op(services: Services) -> None:
     if services.source != "local-stack":
         pytest.skip("only the local stack is started by `keel stack up`; this run uses " + services.source)
     before = json.loads(_keel("stack", "status", "--json").stdout)
-    result = _keel("stack", "up", "--with-toxiproxy")
+    result = _keel("stack", "up", "--with-toxiproxy", *(["--secure"] if services.secure else []))
     assert result.returncode == 0, result.stderr
     after = json.loads(_keel("stack", "status", "--json").stdout)
     assert {k: v["pid"] for k, v in before.items()} == {k: v["pid"] for k, v in after.items()}

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from consumers.projector import Projector
+from keel.kafka_adapter import client_options
 from keel.settings import Settings
 from producers.device import Device, SyncConfig
 from producers.device.store import OpStatus
@@ -30,7 +31,7 @@ from producers.gateway.gateway import Gateway
 from producers.gateway.service import GatewayServer
 from projections.pg_adapter import Pool, connect_pool
 from projections.sql_migrations import quote_ident
-from tests.support.services import Services
+from tests.support.services import Services, kafka_security_env
 
 ENROLL_SECRET = "integration-enrollment-secret"
 LIVE = SyncConfig(
@@ -126,7 +127,7 @@ class LiveKeel:
     async def record_count(self, entity_type: str) -> int:
         """How many records the change topic of an entity holds."""
         topic = self.settings.topic_for(entity_type)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        consumer = AIOKafkaConsumer(**client_options(self.settings))
         await consumer.start()
         try:
             partitions = [TopicPartition(topic, p) for p in range(self.settings.change_topic_partitions)]
@@ -241,6 +242,7 @@ class GatewayProcess:
                 "KEEL_GATEWAY_ENROLLMENT_SECRET": s.gateway_enrollment_secret or "",
                 "KEEL_GATEWAY_OUTBOX_POLL_S": str(s.gateway_outbox_poll_s),
                 "KEEL_LOG_LEVEL": "WARNING",
+                **kafka_security_env(s),
             }
         )
         env.update(self._env)

@@ -18,6 +18,7 @@ from producers.device import Device, SyncConfig
 from producers.gateway.app import build_app
 from producers.gateway.devices import InMemoryDeviceDirectory
 from producers.gateway.gateway import Gateway, GatewayPorts
+from producers.gateway.outbox_signals import InMemoryOutboxSignals
 from producers.gateway.push_ledger import InMemoryPushLedger
 from projections.batch import OffsetAdvance, ProjectionBatch, SourcedEvent, TopicPartition
 from projections.store import InMemoryProjectionStore
@@ -72,6 +73,7 @@ class FakeKeel:
             registry=self.registry,
             outbox=self.store.outbox,
             states=self.store,
+            signals=InMemoryOutboxSignals(self.store.outbox),  # as the projector's pg_notify does
         )
         self.gateway = Gateway(ports, self.settings)
         self.app = build_app(self.gateway, manage_lifecycle=False)

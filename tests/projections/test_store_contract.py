@@ -123,3 +123,19 @@ async def test_new_decisions_are_reported_once_with_the_earlier_write_of_their_p
     assert note.first_write_ms == 1_750_000_000_100  # the earlier write, from the stored state's history
     again = await stores.store.apply_batch(batch([second], 2, 2))
     assert (again.duplicates, again.decisions, again.conflicts) == (1, 0, ())
+
+
+async def test_states_of_many_entities_are_read_at_once_and_equal_the_single_reads(stores: Stores) -> None:
+    factory = EventFactory(seed=11)
+    events = factory.random_task_events(30, devices=2, entities=6)
+    other_tenant = EventFactory(tenant_id="tenant-b").event("dev-b", "t-elsewhere", title="not yours")
+    assert (await stores.store.apply_batch(batch([*events, other_tenant], 0, None))).committed
+    ids = sorted({e.entity_id for e in events})
+    wanted = [ids[2], "never-written", ids[0], ids[2], "t-elsewhere"]
+    states = await stores.store.entity_states("task", "tenant-a", wanted)
+    assert set(states) == {ids[0], ids[2]}, "absent ids, and ids of another tenant, are left out"
+    for entity_id in (ids[0], ids[2]):
+        assert states[entity_id] == await stores.store.entity_state("task", "tenant-a", entity_id)
+    assert await stores.store.entity_states("task", "tenant-a", []) == {}
+    everything = await stores.store.entity_states("task", "tenant-a", ids)
+    assert set(everything) == set(ids)

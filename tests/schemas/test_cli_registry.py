@@ -155,3 +155,24 @@ def test_an_unreachable_registry_is_exit_2() -> None:
     result = runner.invoke(app, ["check", "--registry-url", "http://127.0.0.1:9/apis/ccompat/v7"])
     assert result.exit_code == 2
     assert "schema registry unavailable" in result.output
+
+
+def test_check_refuses_a_registered_version_edited_afterwards(
+    services: Services, topic_prefix: str, tmp_path: Path
+) -> None:
+    done = _invoke(services, "register", "--prefix", topic_prefix, "--entity", "comment")
+    assert done.exit_code == 0, done.output
+    root = _catalog(tmp_path)
+    source = root / "avro" / "comment" / "comment.v1.avsc"
+    payload = json.loads(source.read_text())
+    payload["fields"][1]["doc"] = "Encrypted in the projection tables when a field keyring is configured."
+    source.write_text(json.dumps(payload, indent=2))
+
+    checked = _invoke(services, "check", "--prefix", topic_prefix, "--entity", "comment", "--catalog", str(root))
+    assert checked.exit_code == 1, checked.output
+    assert f"v1 differs from registered version 1 of {topic_prefix}.comment.changes-value" in checked.output
+    assert "payload.body: 'doc' added" in checked.output
+    assert "restore comment.v1.avsc from version control" in checked.output
+    refused = _invoke(services, "register", "--prefix", topic_prefix, "--entity", "comment", "--catalog", str(root))
+    assert refused.exit_code == 1, refused.output
+    assert _registry_state(services, topic_prefix)["comment"] == ([1], "FULL_TRANSITIVE"), "no stray version 2"

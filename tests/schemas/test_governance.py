@@ -118,7 +118,8 @@ async def test_a_published_version_edited_locally_is_refused(tmp_path: Path) -> 
     (task,) = await check_subjects(registry, Catalog.load(root), PREFIX, ["task"])
     (issue,) = task.issues
     assert (issue.version, issue.source) == (2, "history")
-    assert "a published version is immutable; restore task.v2.avsc from version control" in issue.message
+    assert "v2 differs from registered version 2 of acme.task.changes-value: payload: 'doc'" in issue.message
+    assert "A registered version is immutable: restore task.v2.avsc from version control" in issue.message
 
 
 async def test_a_subject_with_another_level_is_checked_at_both(tmp_path: Path) -> None:

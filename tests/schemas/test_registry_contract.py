@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from keel.errors import IncompatibleSchemaError, UnknownSchemaError
+from keel.errors import ConfigurationError, IncompatibleSchemaError, UnknownSchemaError
 from schemas.registry import InMemorySchemaRegistry, SchemaRegistry
 from schemas.registry_adapter import ConfluentSchemaRegistry
 from tests.support.naming import unique
@@ -54,6 +54,25 @@ async def test_register_is_idempotent_and_ids_resolve(registry: SchemaRegistry) 
     assert found.schema_id == first
     assert await registry.lookup(subject, json.dumps(V2_OK)) is None
     assert subject in await registry.subjects()
+
+
+async def test_a_version_reads_back_as_registered_even_after_looking_up_an_edited_text(
+    registry: SchemaRegistry,
+) -> None:
+    # Registries may match canonical forms (Apicurio ignores docs); what they hold must not change with it.
+    subject = unique("contract") + "-value"
+    schema_id = await registry.register(subject, json.dumps(V1))
+    edited = {**V1, "doc": "added after registration"}
+    found = await registry.lookup(subject, json.dumps(edited))
+    assert found is None or json.loads(found.schema) == V1
+    held = await registry.get_version(subject, 1)
+    assert (held.version, held.schema_id, json.loads(held.schema)) == (1, schema_id, V1)
+    assert json.loads((await registry.get_version(subject)).schema) == V1
+    assert json.loads(await registry.get_schema(schema_id)) == V1
+    with pytest.raises(ConfigurationError, match="has no version 7"):
+        await registry.get_version(subject, 7)
+    with pytest.raises(ConfigurationError):
+        await registry.get_version(unique("nobody") + "-value", 1)
 
 
 async def test_unknown_ids_and_subjects(registry: SchemaRegistry) -> None:

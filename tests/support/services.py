@@ -1,23 +1,70 @@
 """Where the integration tests find their services.
 
 Resolution order (first that applies wins):
-1. endpoints given in the environment (`KEEL_KAFKA_BOOTSTRAP`, `KEEL_REGISTRY_URL`, `KEEL_DATABASE_URL`);
-2. the local stack (`keel stack up --with-toxiproxy`), started if absent;
+1. endpoints given in the environment (`KEEL_KAFKA_BOOTSTRAP`, `KEEL_REGISTRY_URL`, `KEEL_DATABASE_URL`, and
+   the `KEEL_KAFKA_SECURITY_PROTOCOL`/`_SASL_*`/`_SSL_CAFILE` of a secured cluster);
+2. the local stack (`keel stack up --with-toxiproxy`), started if absent; the secure stack (`--secure`) when
+   `KEEL_TEST_SECURE=1` (`make test-secure`) or when the running stack is the secure one;
 3. testcontainers (Kafka, PostgreSQL, a Confluent-compatible registry) when a Docker engine answers.
+
+Secure mode: tests log in to Kafka as the stack's super user `admin` over SASL_SSL (they create topics and
+groups under names of their own on the fly), and to PostgreSQL as the schema owner with its password.
+What each service principal and role may do is tested on its own (tests/deploy/test_secure_kafka.py,
+test_database_roles.py). `Services.settings()` carries the security fields, `kafka_security_env()` passes
+them to child processes and `librdkafka_config()` to direct confluent-kafka clients (docs/security.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from keel.settings import Settings
 
 ENV_KEYS = ("KEEL_KAFKA_BOOTSTRAP", "KEEL_REGISTRY_URL", "KEEL_DATABASE_URL")
+SECURE_FLAG = "KEEL_TEST_SECURE"  # `make test-secure` sets it (scripts/with-stack.sh --secure)
+TEST_PRINCIPAL = "admin"  # the secure stack's super user: tests create topics and groups of their own
+
+
+def secure_requested() -> bool:
+    """Whether this test session was asked to run against the secure stack."""
+    return os.environ.get(SECURE_FLAG, "").strip().lower() in ("1", "true", "yes")
+
+
+def kafka_security_env(settings: Settings) -> dict[str, str]:
+    """`KEEL_KAFKA_*` security variables of `settings` for a child process (PLAINTEXT said explicitly)."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return {"KEEL_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
+    env = {"KEEL_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol}
+    optional = {
+        "KEEL_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "KEEL_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "KEEL_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+        "KEEL_KAFKA_SSL_CAFILE": str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+    }
+    env.update({key: value for key, value in optional.items() if value is not None})
+    return env
+
+
+def librdkafka_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
+    """confluent-kafka connection settings (bootstrap, TLS, SASL) of `settings`, as a partner would write them."""
+    config = {
+        "bootstrap.servers": bootstrap or settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_ssl_cafile is not None:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username or ""
+        config["sasl.password"] = settings.kafka_sasl_password or ""
+    return config
 
 
 @dataclass(frozen=True)
@@ -30,16 +77,39 @@ class Services:
     source: str
     toxiproxy_url: str | None = None
     kafka_proxied_bootstrap: str | None = None
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Whether Kafka needs TLS/SASL (the secure stack or a secured cluster from the environment)."""
+        return self.kafka_security_protocol != "PLAINTEXT"
 
     def settings(self, **overrides: object) -> Settings:
-        """Settings pointing at these services, with per-test overrides."""
+        """Settings pointing at these services (security included), with per-test overrides."""
         values: dict[str, object] = {
             "kafka_bootstrap": self.kafka_bootstrap,
             "registry_url": self.registry_url,
             "database_url": self.database_url,
+            "kafka_security_protocol": self.kafka_security_protocol,
+            "kafka_sasl_mechanism": self.kafka_sasl_mechanism,
+            "kafka_sasl_username": self.kafka_sasl_username,
+            "kafka_sasl_password": self.kafka_sasl_password,
+            "kafka_ssl_cafile": self.kafka_ssl_cafile,
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]
+
+    def librdkafka(self, bootstrap: str | None = None) -> dict[str, str]:
+        """confluent-kafka connection settings for these services."""
+        return librdkafka_config(self.settings(), bootstrap)
+
+    def kafka_env(self) -> dict[str, str]:
+        """`KEEL_KAFKA_*` security variables for a child process."""
+        return kafka_security_env(self.settings())
 
 
 def _docker_engine_available() -> bool:
@@ -57,6 +127,7 @@ def _java_available() -> bool:
 def resolve_services() -> Iterator[Services]:
     """Yield services per the resolution order; stops only what it started itself."""
     if all(os.environ.get(key) for key in ENV_KEYS):
+        configured = Settings()  # the KEEL_KAFKA_SECURITY_PROTOCOL/_SASL_*/_SSL_CAFILE of a secured cluster
         yield Services(
             os.environ["KEEL_KAFKA_BOOTSTRAP"],
             os.environ["KEEL_REGISTRY_URL"],
@@ -64,26 +135,48 @@ def resolve_services() -> Iterator[Services]:
             source="env",
             toxiproxy_url=os.environ.get("KEEL_TOXIPROXY_URL"),
             kafka_proxied_bootstrap=os.environ.get("KEEL_KAFKA_PROXIED_BOOTSTRAP"),
+            kafka_security_protocol=configured.kafka_security_protocol,
+            kafka_sasl_mechanism=configured.kafka_sasl_mechanism,
+            kafka_sasl_username=configured.kafka_sasl_username,
+            kafka_sasl_password=configured.kafka_sasl_password,
+            kafka_ssl_cafile=configured.kafka_ssl_cafile,
         )
         return
     if _java_available() or not _docker_engine_available():
-        from deploy.local.stack import Stack
-
-        settings = Settings()
-        stack = Stack(settings)
-        stack.up(with_toxiproxy=True)
-        kafka = stack.kafka()
-        yield Services(
-            kafka.bootstrap,
-            stack.registry().url,
-            stack.postgres().dsn,
-            source="local-stack",
-            toxiproxy_url=stack.toxiproxy().url,
-            kafka_proxied_bootstrap=kafka.proxied_bootstrap,
-        )
+        yield _local_stack(Settings())
         return
     with ExitStack() as containers:
         yield _start_testcontainers(containers)
+
+
+def _local_stack(settings: Settings) -> Services:
+    """The local stack of `settings` (KEEL_HOME, KEEL_*_PORT), started if absent; secure when asked or running so."""
+    from deploy.local.stack import Stack
+
+    stack = Stack(settings)
+    running_secure = stack.is_secure() and any(pid is not None for pid in stack.kafka().pids())
+    secure = secure_requested() or running_secure
+    stack.up(with_toxiproxy=True, secure=secure)
+    kafka = stack.kafka()
+    services = Services(
+        kafka.bootstrap,
+        stack.registry().url,
+        stack.postgres().dsn,
+        source="local-stack",
+        toxiproxy_url=stack.toxiproxy().url,
+        kafka_proxied_bootstrap=kafka.proxied_bootstrap,
+    )
+    if not secure:
+        return services
+    admin = stack.security().service_settings(settings, TEST_PRINCIPAL, kafka.bootstrap)
+    return dataclasses.replace(
+        services,
+        kafka_security_protocol=admin.kafka_security_protocol,
+        kafka_sasl_mechanism=admin.kafka_sasl_mechanism,
+        kafka_sasl_username=admin.kafka_sasl_username,
+        kafka_sasl_password=admin.kafka_sasl_password,
+        kafka_ssl_cafile=admin.kafka_ssl_cafile,
+    )
 
 
 def _start_testcontainers(containers: ExitStack) -> Services:

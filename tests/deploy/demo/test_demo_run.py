@@ -35,6 +35,7 @@ def run_demo(services: Services, report: Path, *args: str, timeout_s: float) -> 
         "KEEL_KAFKA_BOOTSTRAP": services.kafka_bootstrap,
         "KEEL_REGISTRY_URL": services.registry_url,
         "KEEL_DATABASE_URL": services.database_url,
+        **services.kafka_env(),
     }
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
     assert done.returncode == 0, f"keel demo exited {done.returncode}:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"

@@ -226,3 +226,25 @@ def test_repair_replaces_diverged_rows_and_merges_the_devices_own_writes_back() 
     assert (first["title"], first["priority"], first["description"]) == ("mine, acknowledged", 1, "mine, unsent")
     assert second["title"] == "server", "a join would have kept the bogus value; a repair replaces it"
     assert local.get("task", "t-gone") is None
+
+
+def test_a_page_that_touches_entities_many_times_stores_what_one_change_per_page_stores(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    events = [
+        remote(seq, f"t-{rng.randrange(4)}", {"title": f"v{seq}", "priority": rng.randrange(4)}, 100 + seq, "d-7")
+        for seq in range(1, 40)
+    ]
+    events.append(remote(40, "t-1", {}, 200, "d-7", op=Op.DELETE))
+    one_page = replica(SqliteDeviceStore(tmp_path / "page.db"))
+    one_by_one = replica(SqliteDeviceStore(tmp_path / "single.db"))
+    try:
+        assert one_page.apply_remote(events, "1.40") == len(events)
+        for index, event in enumerate(events):
+            one_by_one.apply_remote([event], f"1.{index + 1}")
+        for entity_id in ("t-0", "t-1", "t-2", "t-3"):
+            assert one_page.state("task", entity_id) == one_by_one.state("task", entity_id)
+            assert one_page.get("task", entity_id) == one_by_one.get("task", entity_id)
+        assert one_page.cursor == one_by_one.cursor == "1.40"
+    finally:
+        one_page.store.close()
+        one_by_one.store.close()
