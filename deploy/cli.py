@@ -54,6 +54,14 @@ def run_projector_command() -> None:
     run_projector()
 
 
+@run_app.command("state-relay")
+def run_state_relay_command() -> None:
+    """The state relay: outbox → compacted <prefix>.<entity>.state topics; health on KEEL_STATE_RELAY_HEALTH_PORT."""
+    from consumers.state_relay_service import run_state_relay
+
+    run_state_relay(get_settings())
+
+
 app.command("demo")(demo_command)
 app.command("bench")(bench_command)
 app.command("doctor")(doctor_command)

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
         "127.0.0.1", description="Interface of the projector's /healthz, /readyz and /metrics (0.0.0.0 in containers)"
     )
     projector_health_port: int = 8701
+    state_relay_health_port: int = Field(8703, description="Port of the state relay's /health, /ready and /metrics")
     dashboard_port: int = 8702
     log_level: str = "INFO"
     log_json: bool = True
@@ -179,6 +180,8 @@ class Settings(BaseSettings):
     )
     tombstone_retention_s: float = Field(7 * 86_400, description="Deleted entities keep full history this long")
     outbox_retention_s: float = Field(30 * 86_400, description="Feed rows older than this are pruned regardless")
+    state_relay_poll_s: float = Field(0.5, description="State relay: wait this long after reading an empty page")
+    state_relay_page_size: int = Field(500, description="State relay: feed rows read (and states published) per page")
 
     # --- schema migrations
     disabled_migrations: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -219,6 +222,22 @@ class Settings(BaseSettings):
     def dlq_topic(self) -> str:
         """Name of the dead-letter topic."""
         return f"{self.topic_prefix}.dlq"
+
+    def kafka_security_environment(self) -> dict[str, str]:
+        """The `KEEL_KAFKA_*` security variables of these settings, for a child process (PLAINTEXT said outright).
+
+        A child started with only the endpoints would fall back to PLAINTEXT against a SASL_SSL listener and
+        never connect; every tool that spawns `keel run …` passes these along with the endpoints.
+        """
+        env = {"KEEL_KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol}
+        optional = {
+            "KEEL_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "KEEL_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "KEEL_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+            "KEEL_KAFKA_SSL_CAFILE": str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+        }
+        env.update({key: value for key, value in optional.items() if value is not None})
+        return env
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from tests.support.naming import unique, unique_identifier
 from tests.support.services import Services, resolve_services, secure_requested
 
 PLAINTEXT_ONLY = "plaintext_only"
+SECURITY_DOC = Path(__file__).parents[1] / "docs" / "security.md"  # lists every plaintext_only test
 _DESELECTED = pytest.StashKey[list[str]]()
 
 
@@ -20,10 +22,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reported by pytest ("N deselected") and itemised in the terminal summary.
     """
     marked = [item for item in items if item.get_closest_marker(PLAINTEXT_ONLY) is not None]
+    documented = SECURITY_DOC.read_text() if marked else ""
     for item in marked:
         marker = item.get_closest_marker(PLAINTEXT_ONLY)
         if marker is None or not marker.kwargs.get("reason"):
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{PLAINTEXT_ONLY} needs reason=...")
+        name = getattr(item, "originalname", item.name)
+        if f"`{name}`" not in documented:
+            raise pytest.UsageError(f"{item.nodeid}: list `{name}` and its reason in {SECURITY_DOC}")
     if not secure_requested() or not marked:
         return
     chosen = set(marked)

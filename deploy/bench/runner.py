@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -91,7 +92,7 @@ async def run_bench(
             console.print(f"[bold]{stage}[/bold] …")
             try:
                 figures = await RUNNERS[stage](config, context)
-            except (KeelError, OSError, TimeoutError, RuntimeError) as error:
+            except (KeelError, OSError, TimeoutError, RuntimeError, httpx.HTTPError) as error:
                 report.errors[stage] = f"{type(error).__name__}: {error}"
                 console.print(f"[red]{stage} failed:[/red] {report.errors[stage]}")
                 _log.warning("bench stage failed", stage=stage, error=report.errors[stage])

@@ -55,6 +55,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "KEEL_CONSUMER_GROUP": settings.consumer_group,
         "KEEL_CHANGE_TOPIC_PARTITIONS": str(settings.change_topic_partitions),
         "KEEL_LOG_LEVEL": "INFO",
+        **settings.kafka_security_environment(),
     }
     env.update(extra)
     return env

@@ -61,8 +61,12 @@ async def _peak_rss(process: ServiceProcess, interval_s: float = 0.05) -> AsyncI
         peak[0] = max(peak[0], process.rss_bytes())
 
 
-async def _gateway_backlog(context: BenchContext, ops: int, label: str) -> tuple[float, float]:
-    """Peak MB of one gateway taking `ops` ops, then nine times as many more (devices draining a backlog)."""
+async def _gateway_backlog(context: BenchContext, ops: int, label: str) -> tuple[float, float, dict[int, float]]:
+    """Peak MB of one gateway taking `ops` ops, then nine times as many more (devices draining a backlog).
+
+    The nine are taken in steps (1, 2, 2 and 4 times `ops`) and the peak after each is kept too, so the report
+    shows whether memory climbs with the ops taken or steps once and stays.
+    """
     names = context.names(label)
     settings = names.settings(context.settings)
     await context.create_topics(settings)
@@ -73,12 +77,17 @@ async def _gateway_backlog(context: BenchContext, ops: int, label: str) -> tuple
         await fleet.start()
         async with _peak_rss(gateway) as first:
             await fleet.push_count(ops)
-        async with _peak_rss(gateway) as tenfold:
-            await fleet.push_count(ops * 9)
+        steps = {ops: first[0] / MB}
+        taken = ops
+        for factor in (1, 2, 2, 4):
+            async with _peak_rss(gateway) as peak:
+                await fleet.push_count(ops * factor)
+            taken += ops * factor
+            steps[taken] = peak[0] / MB
     finally:
         await fleet.close()
         await gateway.stop()
-    return first[0] / MB, tenfold[0] / MB
+    return first[0] / MB, max(list(steps.values())[1:]), steps
 
 
 async def _projector_backlog(context: BenchContext, events: int, label: str) -> float:
@@ -164,8 +173,10 @@ async def _payload(context: BenchContext, size: int, budget: int, label: str) ->
 async def run_memory(config: BenchConfig, context: BenchContext) -> list[Figure]:
     """Backlog 1x vs 10x (peak RSS of each service), then every payload size, `repetitions` times."""
     peaks: dict[str, list[float]] = {}
+    gateway_steps: list[dict[int, float]] = []  # per repetition: ops taken so far → peak MB
     for repetition in range(config.heavy_repetitions):
-        small, large = await _gateway_backlog(context, config.memory_backlog, f"memgw{repetition}")
+        small, large, steps = await _gateway_backlog(context, config.memory_backlog, f"memgw{repetition}")
+        gateway_steps.append({taken: round(mb, 1) for taken, mb in steps.items()})
         peaks.setdefault("gateway_1", []).append(small)
         peaks.setdefault("gateway_10", []).append(large)
         for scale in (1, 10):
@@ -190,7 +201,7 @@ async def run_memory(config: BenchConfig, context: BenchContext) -> list[Figure]
             f"the same gateway's peak while it took the first {config.memory_backlog:,} ops",
             higher_is_better=False,
             target=FLAT_10_PERCENT,
-            extra=backlog,
+            extra={**backlog, "peak_mb_by_ops_taken": gateway_steps},
         ),
         Figure(
             "memory.projector_backlog_10x",

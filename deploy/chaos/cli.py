@@ -76,20 +76,26 @@ def run_command(
     page = None if no_figures else (figures or default_figures_path())
     settings = get_settings()
     results: list[dict[str, Any]] = []
+    unusable: list[str] = []  # scenarios that could not be set up; `all` goes on with the next one
     try:
         for name in names:
             options = ChaosOptions(name, size, seed, toxiproxy_url, keep)
-            result = asyncio.run(run_scenario(options, settings))
+            try:
+                result = asyncio.run(run_scenario(options, settings))
+            except KeelError as error:
+                console.print(f"[red]{name}: {type(error).__name__}:[/red] {error}")
+                unusable.append(name)
+                continue
             results.append(result)
             _summary(result)
             if page is not None:
                 update_figures(page, result)
-    except KeelError as error:
-        console.print(f"[red]{type(error).__name__}:[/red] {error}")
-        raise typer.Exit(2) from error
     finally:
         if json_path is not None and results:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             data: Any = results if scenario.lower() == "all" else results[0]
             json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if unusable:
+        console.print(f"[red]not run (set-up errors): {', '.join(unusable)}[/red]")
+        raise typer.Exit(2)
     raise typer.Exit(0 if all(r["ok"] for r in results) else 1)

@@ -130,6 +130,7 @@ class ChaosRun:
             "KEEL_LOG_LEVEL": "INFO",
             "KEEL_LOG_JSON": "true",
             "KEEL_OTEL_EXPORTER": "none",
+            **s.kafka_security_environment(),
         }
 
     def projector(self, name: str = "projector", *, settings: Settings | None = None, **env: str) -> ServiceProcess:

@@ -72,13 +72,36 @@ def _value(value: Any) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k} {_value(v)}" for k, v in value.items())
     if isinstance(value, Sequence) and not isinstance(value, str):
-        return ", ".join(_value(v) for v in value)
+        return _sequence(value)
     return str(value)
+
+
+def _sequence(values: Sequence[Any]) -> str:
+    if values and all(isinstance(v, Mapping) for v in values):
+        return "; ".join(f"({_value(v)})" for v in values)  # a log of events: one parenthesis each
+    return ", ".join(_value(v) for v in values)
 
 
 def _headline(figures: Mapping[str, Any]) -> str:
     shown = [f"{key.replace('_', ' ')}: {_value(figures[key])}" for key in _HEADLINE if key in figures]
     return "; ".join(shown[:4])
+
+
+def _totals(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per size: how many scenarios have a result, how many held, and their summed duration."""
+    lines: list[str] = []
+    for size, used_by in (("quick", "`make test`"), ("full", "`make test-long`")):
+        runs = [r for r in results.values() if r["size"] == size]
+        if not runs:
+            lines.append(f"- **{size}** ({used_by}): no result on this page yet.")
+            continue
+        held = sum(1 for r in runs if r["ok"])
+        total = sum(float(r["duration_s"]) for r in runs)
+        lines.append(
+            f"- **{size}** ({used_by}): {len(runs)} scenario{'' if len(runs) == 1 else 's'}, {held} held, "
+            f"{total:.0f} s in all ({total / 60:.1f} min, one after the other)."
+        )
+    return [*lines, ""]
 
 
 def render(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -101,6 +124,7 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
             f"{'yes' if r['ok'] else '**NO**'} | {_headline(r.get('figures', {}))} |"
         )
     lines.append("")
+    lines += _totals(results)
     for key in keys:
         r = results[key]
         lines += [f"## {r['scenario']} ({r['size']}): {r.get('title', '')}", ""]

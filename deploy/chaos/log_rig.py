@@ -65,7 +65,7 @@ async def open_log_rig(
     """Create the run's topics and schema and open the clients (closed with the run)."""
     chosen = settings or run.settings
     await ensure_topics(chosen, topic_specs(chosen))
-    pool = await run.pool()
+    pool = await run.pool(dsn=chosen.database_url)  # R5 at full size points a rig at a server of its own
     await migrate(pool, chosen.pg_schema)
     registry = ConfluentSchemaRegistry(chosen.registry_url)
     run.on_cleanup(registry.close)

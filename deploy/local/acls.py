@@ -4,9 +4,11 @@ One principal per service, least privilege (docs/security.md):
 
     keel-gateway     Write + Describe each `<prefix>.<entity>.changes`; IdempotentWrite on the cluster
     keel-projector   Read + Describe each change topic; Write + Describe `<prefix>.dlq`;
-                     Read its consumer group (`KEEL_CONSUMER_GROUP`); IdempotentWrite on the cluster
+                     Read its consumer group (`KEEL_CONSUMER_GROUP`); IdempotentWrite on the cluster;
+                     Write + Describe each `<prefix>.<entity>.state` (the state relay runs as this principal
+                     on the local stack; Kubernetes gives it a user of its own, deploy/k8s/kafka-users.yaml)
     keel-operator    Write + Describe each change topic (`keel conflicts resolve` overrides); IdempotentWrite
-    partner-example  Read + Describe the change topics granted to it (`KEEL_STACK_PARTNER_ENTITIES`);
+    partner-example  Read + Describe the change and state topics granted to it (`KEEL_STACK_PARTNER_ENTITIES`);
                      Read groups named `partner-example.*`
     admin            super user (`super.users`): creates topics, credentials and these ACLs
 
@@ -174,9 +176,12 @@ def keel_access_plan(
         allow(principals.gateway, Resource.TOPIC, topic, Pattern.LITERAL, Operation.WRITE, Operation.DESCRIBE)
         allow(principals.projector, Resource.TOPIC, topic, Pattern.LITERAL, Operation.READ, Operation.DESCRIBE)
         allow(principals.operator, Resource.TOPIC, topic, Pattern.LITERAL, Operation.WRITE, Operation.DESCRIBE)
+    for entity in entities:
+        state = f"{prefix}.{entity}.state"
+        allow(principals.projector, Resource.TOPIC, state, Pattern.LITERAL, Operation.WRITE, Operation.DESCRIBE)
     for entity in partner_entities:
-        topic = f"{prefix}.{entity}.changes"
-        allow(principals.partner, Resource.TOPIC, topic, Pattern.LITERAL, Operation.READ, Operation.DESCRIBE)
+        for topic in (f"{prefix}.{entity}.changes", f"{prefix}.{entity}.state"):
+            allow(principals.partner, Resource.TOPIC, topic, Pattern.LITERAL, Operation.READ, Operation.DESCRIBE)
     allow(principals.projector, Resource.TOPIC, dlq, Pattern.LITERAL, Operation.WRITE, Operation.DESCRIBE)
     allow(principals.projector, Resource.GROUP, consumer_group, Pattern.LITERAL, Operation.READ)
     # Partners name their groups `<partner>.<anything>` (docs/partners.md); the dot keeps

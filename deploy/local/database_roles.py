@@ -7,7 +7,9 @@ tooling (rebuild, snapshots, overrides). Services log in as:
                     device cursors read-write; entity tables read-only (state sync and digests);
                     rollout flags read-only (read at every handshake; `keel rollout` writes them as the owner)
     keel_projector  entity tables, decisions, outbox (append; delete for pruning), outbox horizons,
-                    applied_ops and consumer_offsets read-write; device cursors read-only (compaction)
+                    applied_ops and consumer_offsets read-write; device cursors read-only (compaction);
+                    relay cursors read-write (the state relay logs in as this role: it reads the outbox
+                    and entity tables and stores its own position)
     keel_readonly   SELECT on every table, except columns holding secrets (devices.secret_sha256)
 
 Privileges are listed per table below, derived from the SQL the adapters run. A table no policy names
@@ -79,6 +81,8 @@ _PROJECTOR: dict[str, tuple[str, ...]] = {
     "chain_links": _APPEND,
     "chain_heads": _READ_WRITE,
     "audit_checkpoints": _APPEND,
+    # The state relay (consumers/state_relay.py) runs as this role: its cursor, besides the reads above.
+    "relay_cursors": _READ_WRITE,
 }
 # Operator tooling (snapshots, rebuild swaps, override sequence) runs as the owner; readonly may look.
 _OWNER_ONLY = ("projection_snapshots",)

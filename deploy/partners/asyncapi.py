@@ -4,9 +4,11 @@ Everything a partner relies on comes from the code that produces it: from `schem
 topic `<prefix>.<entity>.changes` with one message per schema version (the Avro event schema, Confluent wire
 format, subject by TopicNameStrategy), the key (`entity_id`), the headers (`TraceHeaders`), each subject's
 compatibility level and each version's place in the rollout (`subjects.toml`) and the deprecated fields of
-each version; from `consumers.dead_letter`, the headers of the dead-letter topic. `render_asyncapi` gives
-the YAML text committed as `docs/asyncapi.yaml`; a test regenerates it to catch drift. Delivery semantics
-and ordering are properties of the design (docs/architecture.md), stated here once.
+each version; from `consumers.dead_letter`, the headers of the dead-letter topic; from
+`schemas/state_schema.py`, one channel per resolved-state topic `<prefix>.<entity>.state` (compacted, keyed
+`<tenant_id>/<entity_id>`). `render_asyncapi` gives the YAML text committed as `docs/asyncapi.yaml`; a test
+regenerates it to catch drift. Delivery semantics and ordering are properties of the design
+(docs/architecture.md), stated here once.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from consumers import dead_letter
 from keel import __version__
 from schemas.catalog import Catalog, EntitySchema, subject_for
 from schemas.envelope import TraceHeaders
+from schemas.state_schema import state_value_schema
 
 __all__ = [
     "ASYNCAPI_VERSION",
     "AVRO_SCHEMA_FORMAT",
     "CHANGE_TOPIC_CONFIG",
     "KAFKA_BINDING_VERSION",
+    "STATE_TOPIC_CONFIG",
     "build_asyncapi",
     "render_asyncapi",
     "version_status",
@@ -36,6 +40,8 @@ KAFKA_BINDING_VERSION = "0.5.0"
 AVRO_SCHEMA_FORMAT = "application/vnd.apache.avro+json;version=1.9.0"
 # Change topics are the source of truth projections are rebuilt from: they are never compacted or expired.
 CHANGE_TOPIC_CONFIG: dict[str, Any] = {"cleanup.policy": ["delete"], "retention.ms": -1}
+# State topics keep the newest record of each key (projections/topics.py creates them so).
+STATE_TOPIC_CONFIG: dict[str, Any] = {"cleanup.policy": ["compact"], "retention.ms": -1}
 LOCAL_BOOTSTRAP = "127.0.0.1:9092"
 LOCAL_REGISTRY_URL = "http://127.0.0.1:8081/apis/ccompat/v7"
 CLUSTER_BOOTSTRAP = "keel-kafka-bootstrap.keel.svc:9093"
@@ -90,6 +96,11 @@ and the compatibility level still forbids any change that would break an existin
 **Sensitive fields.** `x-keel-sensitive-fields` lists payload fields Keel encrypts at rest in its own
 projection tables. It is policy, not part of the Avro schema: the events in the log carry these values as
 written, so treat them with care in your own stores.
+
+**Resolved state.** `{prefix}.<entity>.state` holds each entity's merged state after conflict resolution,
+as Keel's projection has it: one record per change of an entity, keyed `<tenant_id>/<entity_id>` (UTF-8),
+compacted so the last record of a key is current. A deleted entity is a record with `deleted = true` and a
+null `state` (never a null tombstone). At least once and ordered per key: a record may repeat, never go back.
 
 **Dead letters.** Events the projector cannot apply (undecodable bytes, unknown schema id, failed
 validation) go to `{prefix}.dlq` unchanged, with headers naming the source and the reason.
@@ -157,6 +168,79 @@ def _message(catalog: Catalog, topic: str, schema: EntitySchema) -> dict[str, An
         # Policy from subjects.toml, not part of the registered schema: encrypted at rest in the projections.
         message["x-keel-sensitive-fields"] = sensitive
     return message
+
+
+def _add_state_channel(
+    catalog: Catalog,
+    entity: str,
+    topic_prefix: str,
+    *,
+    channels: dict[str, Any],
+    operations: dict[str, Any],
+    messages: dict[str, Any],
+) -> None:
+    """The compacted resolved-state topic of one entity: its channel, message and receive operation."""
+    topic = f"{topic_prefix}.{entity}.state"
+    key = f"{_camel(entity)}State"
+    schema = state_value_schema(catalog, entity)
+    messages[key] = {
+        "name": schema["name"],
+        "title": f"{schema['name']}: the merged state of one {entity}",
+        "summary": f"The state of one {entity} after conflict resolution, in payload schema "
+        f"v{catalog.current_version(entity)} (deleted=true and state null when deleted).",
+        "contentType": "application/octet-stream",
+        "headers": {"$ref": "#/components/schemas/StateHeaders"},
+        "payload": {"schemaFormat": AVRO_SCHEMA_FORMAT, "schema": schema},
+        "bindings": {
+            "kafka": {
+                "key": {
+                    "type": "string",
+                    "description": "'<tenant_id>/<entity_id>' as UTF-8 bytes (not Avro): entity ids are unique "
+                    "only within a tenant, and compaction needs one key per entity.",
+                },
+                "schemaIdLocation": "payload",
+                "schemaIdPayloadEncoding": "confluent",
+                "schemaLookupStrategy": "TopicNameStrategy",
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+        "x-keel-subject": subject_for(topic),
+        "x-keel-schema-version": catalog.current_version(entity),
+    }
+    channel_key = f"{_camel(entity)}State"
+    channels[channel_key] = {
+        "address": topic,
+        "title": f"{entity} resolved state",
+        "description": (
+            f"The merged state of every {entity} after conflict resolution, one record per change, keyed "
+            f"'<tenant_id>/<entity_id>'; compacted: the last record of a key is current. Written by the state "
+            f"relay from the projection (at least once, ordered per key). Subject `{subject_for(topic)}`."
+        ),
+        "messages": {key: {"$ref": f"#/components/messages/{key}"}},
+        "bindings": {
+            "kafka": {
+                "topic": topic,
+                "topicConfiguration": copy.deepcopy(STATE_TOPIC_CONFIG),
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+    }
+    operations[f"receive{channel_key[0].upper()}{channel_key[1:]}"] = {
+        "action": "receive",
+        "channel": {"$ref": f"#/channels/{channel_key}"},
+        "summary": f"Consume the resolved state of {entity}s (at least once, ordered per key).",
+        "description": (
+            "Read from the beginning to get every entity's current state, then keep reading for changes. A "
+            "record may repeat (the same or a newer state), never go back: keep the last record per key."
+        ),
+        "messages": [{"$ref": f"#/channels/{channel_key}/messages/{key}"}],
+        "bindings": {
+            "kafka": {
+                "groupId": {"type": "string", "description": "Your own group, e.g. `<partner>.<purpose>`."},
+                "bindingVersion": KAFKA_BINDING_VERSION,
+            }
+        },
+    }
 
 
 def build_asyncapi(
@@ -232,6 +316,8 @@ def build_asyncapi(
             "messages": message_refs,
             "x-keel-producer-config": {"acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random"},
         }
+    for entity in catalog.entities():
+        _add_state_channel(catalog, entity, topic_prefix, channels=channels, operations=operations, messages=messages)
     dlq = f"{topic_prefix}.dlq"
     channels["deadLetters"] = {
         "address": dlq,
@@ -323,6 +409,22 @@ def build_asyncapi(
                     "type": "object",
                     "description": "Kafka headers beside the value; all optional, values are UTF-8 text.",
                     "properties": {name: {"type": "string", "description": text} for name, text in _HEADERS.items()},
+                },
+                "StateHeaders": {
+                    "type": "object",
+                    "description": "Kafka headers of a state record; values are UTF-8 text.",
+                    "properties": {
+                        TraceHeaders.TENANT: {"type": "string", "description": "tenant_id of the entity."},
+                        TraceHeaders.SCHEMA_VERSION: {
+                            "type": "string",
+                            "description": "schema_version of `state`, decimal ASCII.",
+                        },
+                        TraceHeaders.TRACEPARENT: {
+                            "type": "string",
+                            "description": "W3C trace context of the projection of the newest change, when traced.",
+                        },
+                    },
+                    "required": [TraceHeaders.TENANT],
                 },
                 "DeadLetterHeaders": {
                     "type": "object",

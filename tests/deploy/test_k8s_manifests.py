@@ -27,7 +27,12 @@ K8S = ROOT / "deploy" / "k8s"
 SCHEMAS = K8S / "schemas"
 VALIDATE = ROOT / "scripts" / "k8s-validate.sh"
 REGENERATE = ROOT / "scripts" / "k8s_schemas.py"
-SERVICES = {"gateway": "gateway_port", "projector": "projector_health_port", "dashboard": "dashboard_port"}
+SERVICES = {
+    "gateway": "gateway_port",
+    "projector": "projector_health_port",
+    "dashboard": "dashboard_port",
+    "state-relay": "state_relay_health_port",
+}
 PREFIX = str(Settings.model_fields["topic_prefix"].default)
 
 
@@ -168,15 +173,38 @@ def test_kafka_runs_kraft_with_controller_and_broker_pools_and_scram() -> None:
     assert kafka["config"]["min.insync.replicas"] == 2
 
 
+def _state_topics() -> dict[str, dict[str, Any]]:
+    topics = {t["spec"]["topicName"]: t for t in _find("KafkaTopic")}
+    return {name: spec for name, spec in topics.items() if name.endswith(".state")}
+
+
 def test_one_topic_per_catalog_entity_kept_forever_plus_the_dlq() -> None:
     topics = {t["spec"]["topicName"]: t["spec"] for t in _find("KafkaTopic")}
     expected = {f"{PREFIX}.{entity}.changes" for entity in default_catalog().entities()}
-    assert set(topics) == expected | {f"{PREFIX}.dlq"}
+    states = {f"{PREFIX}.{entity}.state" for entity in default_catalog().entities()}
+    assert set(topics) == expected | states | {f"{PREFIX}.dlq"}
     for name, spec in topics.items():
+        assert spec["replicas"] == 3, name
+        if name in states:
+            continue
         assert spec["config"]["retention.ms"] == -1, name
         assert spec["config"]["cleanup.policy"] == "delete", name
-        assert spec["replicas"] == 3, name
     assert {t["metadata"]["labels"]["strimzi.io/cluster"] for t in _find("KafkaTopic")} == {"keel"}
+
+
+def test_state_topics_are_compacted_and_partitioned_like_the_change_topics() -> None:
+    change_partitions = {topic["spec"]["partitions"] for topic in _change_topics().values()}
+    for name, topic in _state_topics().items():
+        assert topic["spec"]["config"]["cleanup.policy"] == "compact", name
+        assert {topic["spec"]["partitions"]} == change_partitions, name
+
+
+def test_the_state_relay_only_writes_the_state_topics() -> None:
+    assert _grants("keel-state-relay") == {
+        ("topic", topic, "literal", op) for topic in _state_topics() for op in ("Describe", "Write")
+    }
+    relay = _one("Deployment", "keel-state-relay")["spec"]
+    assert (relay["replicas"], relay["strategy"]["type"]) == (1, "Recreate"), "a single writer"
 
 
 def test_projector_autoscaling_stops_at_the_partition_count() -> None:
@@ -230,7 +258,9 @@ def test_dashboard_only_describes() -> None:
 def test_a_partner_gets_only_granted_topics_and_its_own_groups() -> None:
     grants = _grants("partner-example")
     topics = {name for kind, name, _, _ in grants if kind == "topic"}
-    assert topics <= set(_change_topics()), "never the DLQ, never a wildcard"
+    assert topics <= set(_change_topics()) | set(_state_topics()), "never the DLQ, never a wildcard"
+    reads = {name for kind, name, _, op in grants if kind == "topic" and op == "Read"}
+    assert set(_state_topics()) <= reads, "partners read the resolved state"
     assert {pattern for kind, _, pattern, _ in grants if kind == "topic"} == {"literal"}
     groups = {(name, pattern) for kind, name, pattern, _ in grants if kind == "group"}
     assert groups == {("partner-example.", "prefix")}, "only groups under its own name"
@@ -256,8 +286,8 @@ def test_deployments_run_their_service_with_probes_on_healthz(service: str, port
     (port,) = container["ports"]
     assert port["containerPort"] == Settings.model_fields[port_setting].default
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
-    # The projector's health server (consumers/health.py) also answers readiness on its own path.
-    ready = "/readyz" if service == "projector" else "/healthz"
+    # The projector's and the relay's health server (consumers/health.py) also answers readiness on its own path.
+    ready = "/readyz" if service in ("projector", "state-relay") else "/healthz"
     assert container["readinessProbe"]["httpGet"] == {"path": ready, "port": port["name"]}
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"])

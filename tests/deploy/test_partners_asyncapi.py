@@ -16,12 +16,14 @@ from consumers import dead_letter
 from deploy.partners.asyncapi import (
     AVRO_SCHEMA_FORMAT,
     CHANGE_TOPIC_CONFIG,
+    STATE_TOPIC_CONFIG,
     build_asyncapi,
     render_asyncapi,
     version_status,
 )
 from schemas.catalog import SCHEMAS_ROOT, Catalog, default_catalog
 from schemas.envelope import TraceHeaders
+from schemas.state_schema import state_value_schema
 
 
 def _copy_catalog(tmp_path: Path, subjects: str | None = None) -> Path:
@@ -46,7 +48,8 @@ def document() -> dict[str, Any]:
 def test_one_channel_per_entity_topic_with_one_message_per_schema_version(document: dict[str, Any]) -> None:
     catalog = default_catalog()
     addresses = {channel["address"]: channel for channel in document["channels"].values()}
-    assert set(addresses) == {f"keel.{entity}.changes" for entity in catalog.entities()} | {"keel.dlq"}
+    states = {f"keel.{entity}.state" for entity in catalog.entities()}
+    assert set(addresses) == {f"keel.{entity}.changes" for entity in catalog.entities()} | states | {"keel.dlq"}
     for entity in catalog.entities():
         channel = addresses[f"keel.{entity}.changes"]
         messages = [_resolve(document, ref["$ref"]) for ref in channel["messages"].values()]
@@ -60,6 +63,23 @@ def test_one_channel_per_entity_topic_with_one_message_per_schema_version(docume
             assert "entity_id" in message["bindings"]["kafka"]["key"]["description"]
         assert channel["x-keel-compatibility"] == catalog.policy(entity).compatibility
         assert channel["bindings"]["kafka"]["topicConfiguration"] == CHANGE_TOPIC_CONFIG
+
+
+def test_one_compacted_state_channel_per_entity_with_the_generated_state_schema(document: dict[str, Any]) -> None:
+    catalog = default_catalog()
+    for entity in catalog.entities():
+        channel = document["channels"][f"{entity}State"]
+        assert channel["address"] == f"keel.{entity}.state"
+        assert channel["bindings"]["kafka"]["topicConfiguration"] == STATE_TOPIC_CONFIG
+        (ref,) = channel["messages"].values()
+        message = _resolve(document, ref["$ref"])
+        assert message["payload"]["schema"] == state_value_schema(catalog, entity)
+        fastavro.parse_schema(message["payload"]["schema"])
+        assert message["x-keel-subject"] == f"keel.{entity}.state-value"
+        assert "<tenant_id>/<entity_id>" in message["bindings"]["kafka"]["key"]["description"]
+        state = {f["name"]: f for f in message["payload"]["schema"]["fields"]}["state"]
+        assert state["type"][1]["fields"] == catalog.schema(entity).payload["fields"], "the newest payload"
+        assert f"receive{entity.capitalize()}State" in document["operations"]
 
 
 def test_operations_reference_their_channels_messages(document: dict[str, Any]) -> None:

@@ -64,3 +64,27 @@ def test_every_error_says_whether_it_is_retriable() -> None:
     documented = errors.__doc__ or ""
     for name in errors.__all__:
         assert name in documented, f"{name} is missing from the tree drawn in keel/errors.py"
+
+
+def test_the_security_environment_of_settings_reads_back_as_the_same_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = tmp_path / "ca.pem"
+    secure = Settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="gateway",
+        kafka_sasl_password="s3cret",
+        kafka_ssl_cafile=ca,
+    )
+    environment = secure.kafka_security_environment()
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert (child.kafka_security_protocol, child.kafka_sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (child.kafka_sasl_username, child.kafka_sasl_password, child.kafka_ssl_cafile) == ("gateway", "s3cret", ca)
+    for name in environment:
+        monkeypatch.delenv(name)
+    assert Settings(kafka_security_protocol="PLAINTEXT").kafka_security_environment() == {
+        "KEEL_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"
+    }, "PLAINTEXT is said outright, so a child never inherits a stale protocol"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import structlog
@@ -35,3 +37,20 @@ def test_a_line_logged_in_a_span_names_the_trace_and_what_was_bound(capsys: pyte
     assert "schema_version" not in inside
     assert "trace_id" not in outside
     assert outside["device"] == "d-1"
+
+
+def test_logging_after_the_stderr_it_started_with_was_closed_writes_to_the_current_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    swapped = (tmp_path / "swapped.log").open("w", encoding="utf-8")
+    monkeypatch.setattr(sys, "stderr", swapped)
+    configure_logging("INFO")
+    swapped.close()  # what a CLI runner does with the stream it lent
+    current = (tmp_path / "current.log").open("w", encoding="utf-8")
+    monkeypatch.setattr(sys, "stderr", current)
+    get_logger("test").info("still logging")
+    logging.getLogger("stdlib").warning("the standard library too")
+    current.close()
+    lines = (tmp_path / "current.log").read_text(encoding="utf-8").splitlines()
+    assert json.loads(lines[0])["event"] == "still logging"
+    assert lines[1] == "the standard library too"

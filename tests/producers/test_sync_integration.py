@@ -30,6 +30,7 @@ async def _pull_until(device: Device, arrived: Callable[[], bool], what: str) ->
 
     await eventually(pulled, what, 30)
 
+
 pytestmark = pytest.mark.integration
 
 

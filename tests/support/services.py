@@ -39,17 +39,7 @@ def secure_requested() -> bool:
 
 def kafka_security_env(settings: Settings) -> dict[str, str]:
     """`KEEL_KAFKA_*` security variables of `settings` for a child process (PLAINTEXT said explicitly)."""
-    if settings.kafka_security_protocol == "PLAINTEXT":
-        return {"KEEL_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
-    env = {"KEEL_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol}
-    optional = {
-        "KEEL_KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
-        "KEEL_KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
-        "KEEL_KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
-        "KEEL_KAFKA_SSL_CAFILE": str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-    }
-    env.update({key: value for key, value in optional.items() if value is not None})
-    return env
+    return settings.kafka_security_environment()
 
 
 def librdkafka_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:

@@ -136,12 +136,12 @@ async def _round(run: ChaosRun, rig: LogRig, number: int, kind: str, kills: _Kil
     "Projector SIGKILL at random points",
     "0 lost, 0 duplicated, projection digest = clean replay after kills inside the transaction, after the "
     "PostgreSQL commit and before the Kafka commit, mid-rebalance, and at random moments",
-    quick="40,000 events, 8 kill rounds",
+    quick="50,000 events, 8 kill rounds",
     full="1,000,000 events, kills until 90 % is projected",
 )
 async def projector_kills(run: ChaosRun) -> ScenarioOutcome:
     """Run R1 (module docstring)."""
-    total = int(run.pick(40_000, 1_000_000))
+    total = int(run.pick(50_000, 1_000_000))
     rig = await open_log_rig(run)
     backlog = total // 2
     began = time.monotonic()

@@ -22,7 +22,12 @@ def result(scenario: str, size: str = "quick", **changes: Any) -> dict[str, Any]
         "duration_s": 95.4,
         "ok": True,
         "checks": [{"name": "caught up", "ok": True, "detail": "3.1 s"}],
-        "figures": {"kills": 10, "rounds": [{"kind": "external"}], "max_stall_s": 0.25},
+        "figures": {
+            "kills": 10,
+            "rounds": [{"kind": "external"}],
+            "max_stall_s": 0.25,
+            "fault_log": [{"kind": "kill", "s": 1.5}, {"kind": "stop", "s": 2}],
+        },
         "checker": {"findings": []},
         "notes": ["a note --> with a comment end in it"],
         "run_id": f"{scenario.lower()}-1",
@@ -50,7 +55,11 @@ def test_each_run_replaces_its_own_row_and_keeps_the_others(tmp_path: Path) -> N
     rows = [line for line in text.splitlines() if line.startswith("| R")]
     assert [row.split(" | ")[1] for row in rows[:3]] == ["quick", "full", "quick"]  # R1 quick, R1 full, R3
     assert "| 2 | 0 | no | 95 s | **NO** |" in rows[0]
+    assert "- **quick** (`make test`): 2 scenarios, 1 held, 191 s in all (3.2 min, one after the other)." in text
+    assert "- **full** (`make test-long`): 1 scenario, 1 held, 95 s in all (1.6 min, one after the other)." in text
     assert "Machine: 2 cores (test cpu), 24 GB RAM" in text
+    assert "| fault log | (kind kill, s 1.5); (kind stop, s 2) |" in text
+    assert "| max stall s | 0.25 |" in text
     assert "Versions: Python 3.11.9, Kafka 4.1.0, PostgreSQL 17.2, Apicurio 3." in text
 
 
@@ -65,3 +74,4 @@ def test_a_page_without_data_has_no_results(tmp_path: Path) -> None:
     assert load_results(page) == {}
     page.write_text("# hand-written\n", encoding="utf-8")
     assert load_results(page) == {}
+    assert "- **quick** (`make test`): no result on this page yet." in render({})
