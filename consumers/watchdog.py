@@ -32,8 +32,11 @@ _log = get_logger("watchdog")
 class Watchdog:
     """Remembers since when each partition has been behind at the same fetch position."""
 
-    def __init__(self, stall_s: float) -> None:
+    def __init__(self, stall_s: float, probe_timeout_s: float = 5.0) -> None:
         self.stall_s = stall_s
+        # aiokafka's end_offsets waits for a metadata refresh without a deadline; a probe that hangs would keep
+        # the supervisor from noticing the runtime drained after `stop` (and a stopping projector would hang).
+        self.probe_timeout_s = probe_timeout_s
         self._behind: dict[TopicPartition, tuple[int, float]] = {}
 
     async def stall_reason(self, runtime: ConsumerRuntime, now: float) -> str | None:
@@ -46,10 +49,11 @@ class Watchdog:
             self._behind.clear()
             return None
         try:
-            ends = await runtime.source.end_offsets(owned)
-            positions = {p: await runtime.source.position(p) for p in ends}
-        except KeelError:
-            return None  # the log is unreachable: a restart would not help
+            async with asyncio.timeout(self.probe_timeout_s):
+                ends = await runtime.source.end_offsets(owned)
+                positions = {p: await runtime.source.position(p) for p in ends}
+        except (KeelError, TimeoutError):
+            return None  # the log is unreachable or slow to answer: a restart would not help
         behind: dict[TopicPartition, tuple[int, float]] = {}
         for partition, end in sorted(ends.items()):
             position = positions[partition]

@@ -71,3 +71,29 @@ async def test_no_restart_while_waiting_on_an_unavailable_store() -> None:
     await eventually(lambda: len(world.change_rows()) == 5)
     stop.set()
     await task
+
+
+async def test_a_probe_of_the_log_that_never_answers_does_not_hold_up_a_stop() -> None:
+    world = World()
+    await world.produce(EventFactory().random_task_events(5))
+    probes: list[str] = []
+
+    def factory() -> ConsumerRuntime:
+        runtime = world.runtime()
+
+        async def never_answers(partitions):  # type: ignore[no-untyped-def]
+            probes.append("end_offsets")
+            await asyncio.Event().wait()  # aiokafka waiting for a metadata refresh that does not come
+
+        runtime.source.end_offsets = never_answers  # type: ignore[method-assign]
+        return runtime
+
+    supervisor = Supervisor(factory, stall_s=60.0, check_every_s=0.05)
+    supervisor.watchdog.probe_timeout_s = 0.2
+    stop = asyncio.Event()
+    task = asyncio.create_task(supervisor.run(stop))
+    await eventually(lambda: len(world.change_rows()) == 5 and bool(probes), 10)
+    stop.set()
+    async with asyncio.timeout(3):  # a probe without a deadline kept this waiting forever
+        await task
+    assert supervisor.restarts == 0, "a slow probe is not a stall"

@@ -331,7 +331,8 @@ def test_provisioning_is_idempotent_and_drops_stale_grants(secure_stack: SecureS
     narrow = secure_stack.security.provision(
         secure_stack.bootstrap, secure_stack.settings, prefix=prefix, consumer_group=group
     )
-    assert (narrow.acls_created, narrow.acls_deleted) == (0, 2)  # Read and Describe on <prefix>.project.changes
+    # Read and Describe on <prefix>.project.changes and on <prefix>.project.state
+    assert (narrow.acls_created, narrow.acls_deleted) == (0, 4)
     error = _read_denial(secure_stack.librdkafka("partner"), f"{prefix}.project.changes")
     assert error is not None
     assert error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
