@@ -27,7 +27,9 @@ class OwnProxy:
         self.upstream = upstream
         self.listen = ""
         self.toxics: set[str] = set()
-        self._http = httpx.AsyncClient(base_url=self.api_url, timeout=10.0)
+        # Toxiproxy answers a toxic's removal only once the links it slowed have flushed: under latency with
+        # jitter on a loaded machine that took over 10 s (R6 at full size), so allow a minute.
+        self._http = httpx.AsyncClient(base_url=self.api_url, timeout=60.0)
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
