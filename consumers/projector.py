@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import TypeVar
 
@@ -25,23 +24,19 @@ from consumers.health import HealthReport, HealthServer
 from consumers.kafka_source_adapter import KafkaSource
 from consumers.runtime import ConsumerRuntime, RuntimeConfig
 from consumers.signature_check import signature_check
+from consumers.startup import open_backbone
 from consumers.watchdog import Supervisor
-from keel.backoff import Backoff
-from keel.errors import KeelError, TransientError
-from keel.kafka_adapter import AioKafkaLogWriter, ensure_topics
+from keel.errors import KeelError
 from keel.lifecycle import State
 from keel.logging import get_logger
 from keel.settings import Settings
 from keel.telemetry import configure_telemetry, observe
 from projections.batch import TopicPartition
-from projections.pg_adapter import Pool, connect_pool
 from projections.pg_store_adapter import PgProjectionStore
-from projections.sql_migrator_adapter import migrate
 from projections.topics import change_topics, topic_specs  # shared with the gateway; re-exported
 from schemas.catalog import Catalog, default_catalog
 from schemas.domain_migrations import build_registry, configured_disabled_migrations
 from schemas.migrations import MigrationRegistry
-from schemas.registry_adapter import ConfluentSchemaRegistry
 
 __all__ = ["Projector", "change_topics", "migration_registry", "serve_projector", "topic_specs"]
 
@@ -55,22 +50,6 @@ def migration_registry(settings: Settings, catalog: Catalog | None = None) -> Mi
     """The domain's migration steps minus those disabled by these settings or by schemas/subjects.toml."""
     disabled = dict.fromkeys([*settings.disabled_migrations, *configured_disabled_migrations(catalog)])
     return build_registry(catalog, disabled=tuple(disabled))
-
-
-async def _until_available(what: str, operation: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
-    """Run `operation` until it stops failing transiently; None if `stop` is set first."""
-    backoff = Backoff(0.2, 5.0)
-    while not stop.is_set():
-        try:
-            return await operation()
-        except TransientError as error:
-            delay = backoff.next_delay()
-            _log.warning("dependency unavailable at start", what=what, error=str(error), delay_s=round(delay, 2))
-            # Not `asyncio.wait_for`: on 3.11 it swallows a cancel arriving as `stop` is set (CPython gh-86296).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
-    return None
 
 
 class Projector:
@@ -132,7 +111,7 @@ class Projector:
                         if p in runtime.positions
                     }
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.lag_sample_s):  # not wait_for: see _until_available
+                async with asyncio.timeout(self.lag_sample_s):  # not wait_for: see consumers/startup.py
                     await stop.wait()
         self.lag = {}
 
@@ -172,33 +151,18 @@ class Projector:
             await self.health.start()
             stack.push_async_callback(self.health.stop)
 
-            async def open_pool() -> Pool:
-                return await connect_pool(
-                    settings.database_url,
-                    max_size=settings.projector_pg_pool_size,
-                    application_name=f"keel-projector {settings.consumer_group}",
-                )
-
-            pool = await _until_available("postgresql", open_pool, stop)
-            if pool is None:
-                return
-            stack.push_async_callback(pool.close)
-            if await _until_available("sql migrations", lambda: migrate(pool, settings.pg_schema), stop) is None:
-                return
             topics = topic_specs(settings, self.catalog)
-            if await _until_available("kafka topics", lambda: ensure_topics(settings, topics), stop) is None:
+            backbone = await open_backbone(
+                stack,
+                settings,
+                stop,
+                topics=topics,
+                pool_size=settings.projector_pg_pool_size,
+                application_name=f"keel-projector {settings.consumer_group}",
+            )
+            if backbone is None:
                 return
-            registry = ConfluentSchemaRegistry(settings.registry_url)
-            stack.push_async_callback(registry.close)
-            writer = AioKafkaLogWriter(settings)
-
-            async def start_writer() -> bool:
-                await writer.start()
-                return True
-
-            if await _until_available("kafka producer", start_writer, stop) is None:
-                return
-            stack.push_async_callback(writer.stop)
+            pool, registry, writer = backbone.pool, backbone.registry, backbone.writer
             failpoints = Failpoints(settings.projector_failpoints)  # test only; none armed by default
             store = PgProjectionStore(pool, settings.pg_schema, before_commit=lambda: failpoints.hit("in-transaction"))
             self.migrations = migration_registry(settings, self.catalog)

@@ -17,18 +17,14 @@ from contextlib import AsyncExitStack
 from functools import partial
 
 from consumers.health import HealthReport, HealthServer
-from consumers.projector import _until_available  # the same wait-with-backoff as the projector's start
+from consumers.startup import open_backbone
 from consumers.state_relay import StateEncoder, StateRelay
-from keel.kafka_adapter import AioKafkaLogWriter, ensure_topics
 from keel.logging import get_logger
 from keel.settings import Settings
-from projections.pg_adapter import Pool, connect_pool
 from projections.pg_store_adapter import PgProjectionStore
-from projections.sql_migrator_adapter import migrate
 from projections.state_feed_pg_adapter import PgStateFeed
 from projections.topics import state_topic, state_topic_specs
 from schemas.catalog import Catalog, default_catalog
-from schemas.registry_adapter import ConfluentSchemaRegistry
 
 __all__ = ["StateRelayService", "run_state_relay", "serve_state_relay"]
 
@@ -86,29 +82,13 @@ class StateRelayService:
             await self.health.start()
             stack.push_async_callback(self.health.stop)
 
-            async def open_pool() -> Pool:
-                return await connect_pool(settings.database_url, max_size=2, application_name="keel-state-relay")
-
-            pool = await _until_available("postgresql", open_pool, stop)
-            if pool is None:
-                return
-            stack.push_async_callback(pool.close)
-            if await _until_available("sql migrations", lambda: migrate(pool, settings.pg_schema), stop) is None:
-                return
             topics = state_topic_specs(settings, self.catalog)
-            if await _until_available("kafka topics", lambda: ensure_topics(settings, topics), stop) is None:
+            backbone = await open_backbone(
+                stack, settings, stop, topics=topics, pool_size=2, application_name="keel-state-relay"
+            )
+            if backbone is None:
                 return
-            registry = ConfluentSchemaRegistry(settings.registry_url)
-            stack.push_async_callback(registry.close)
-            writer = AioKafkaLogWriter(settings)
-
-            async def start_writer() -> bool:
-                await writer.start()
-                return True
-
-            if await _until_available("kafka producer", start_writer, stop) is None:
-                return
-            stack.push_async_callback(writer.stop)
+            pool, registry, writer = backbone.pool, backbone.registry, backbone.writer
             self.relay = StateRelay(
                 PgStateFeed(pool, settings.pg_schema),
                 PgProjectionStore(pool, settings.pg_schema),
