@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from keel.hlc import HlcTimestamp, wall_clock_ms
 from producers.wire import WireEvent
+from projections.outbox import event_body
 from schemas.envelope import ChangeEvent, Op
 from schemas.op_chain import seal
 
@@ -181,31 +182,11 @@ def wire_ops(events: list[ChangeEvent]) -> list[dict[str, Any]]:
     return [_wire_op(event) for event in events]
 
 
-def _hlc(hlc: HlcTimestamp | None) -> dict[str, Any] | None:
-    return None if hlc is None else {"physical_ms": hlc.physical_ms, "logical": hlc.logical, "node": hlc.node}
-
-
 def _wire_op(event: ChangeEvent) -> dict[str, Any]:
     if event.override is not None:
         return WireEvent.of(event).model_dump(mode="json")
-    return {
-        "event_id": event.event_id,
-        "tenant_id": event.tenant_id,
-        "device_id": event.device_id,
-        "device_seq": event.device_seq,
-        "entity_type": event.entity_type,
-        "entity_id": event.entity_id,
-        "op": event.op.value,
-        "hlc": _hlc(event.hlc),
-        "base_hlc": _hlc(event.base_hlc),
-        "schema_version": event.schema_version,
-        "changed_fields": list(event.changed_fields),
-        "payload": event.payload,
-        "override": None,
-        "prev_hash": event.prev_hash.hex() if event.prev_hash is not None else None,
-        "hash": event.hash.hex() if event.hash is not None else None,
-        "signature": event.signature.hex() if event.signature is not None else None,
-    }
+    # Without an override, the push wire form of an op is the outbox's normalized JSON of the event.
+    return event_body(event)
 
 
 def traceparent(*, sampled: bool = True) -> str:
