@@ -137,6 +137,7 @@ class InMemoryConsumerSource:
         self._assigned: set[TopicPartition] = set()
         self._positions: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
+        self._turn = 0
         self._committed: dict[TopicPartition, int] = group.committed if group else {}
         self.started = False
 
@@ -181,7 +182,10 @@ class InMemoryConsumerSource:
         result: Records = {}
         budget = max_records
         if not self.stalled:
-            for partition in sorted(self._assigned - self._paused):
+            ready = sorted(self._assigned - self._paused)
+            # Start one partition further each call, so a deep backlog never keeps the others waiting.
+            self._turn = (self._turn + 1) % max(1, len(ready))
+            for partition in ready[self._turn :] + ready[: self._turn]:
                 if budget <= 0:
                     break
                 records = self.log.read(partition.topic, partition.partition, self._positions[partition], budget)

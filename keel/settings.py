@@ -173,6 +173,14 @@ class Settings(BaseSettings):
         None, description="Static group membership (KIP-345): a restarted member takes its partitions back at once"
     )
     consumer_session_timeout_ms: int = Field(10_000, description="Group session timeout of the projector")
+    consumer_max_partition_fetch_bytes: int = Field(
+        131_072,
+        ge=1_024,
+        description=(
+            "Most bytes fetched per partition at once: a consumer drains one partition's fetched records before "
+            "the next partition's, so this bounds how long a deep backlog holds the other partitions back"
+        ),
+    )
     change_topic_partitions: int = Field(3, description="Partitions of change topics created by Keel")
     change_topic_replication: int = Field(1, description="Replication factor of topics created by Keel")
     registry_auto_register: bool = Field(

@@ -160,7 +160,8 @@ def render(results: Mapping[str, Mapping[str, Any]]) -> str:
         for note in r.get("notes", []):
             lines += ["", f"Note: {note}"]
         lines.append("")
-    payload = json.dumps(dict(sorted(results.items(), key=lambda item: _order(item[0]))), indent=1, sort_keys=True)
+    # Keys keep the order the run wrote them in (no sort_keys), so re-rendering a loaded page changes nothing.
+    payload = json.dumps({key: results[key] for key in keys}, indent=1)
     payload = payload.replace("-->", "--\\u003e")  # a JSON string must not end the HTML comment around it
     lines += ["<!-- keel-chaos-results", payload, "-->", ""]
     return "\n".join(lines)

@@ -103,3 +103,36 @@ async def test_seek_pause_resume_and_commit(rig: Rig) -> None:
     assert [r.value for r in (await fetch(rig.source, 1))[partition]] == [b"v6"]
     await rig.source.commit({partition: 7})
     assert len(records) == 6
+
+
+async def test_a_deep_backlog_on_one_partition_does_not_hold_the_other_back(rig: Rig) -> None:
+    # Both partitions deep (~4,000 records of ~200 bytes each, ~0.9 MB): while both have backlog, neither is
+    # served for long stretches alone. The 1 MiB aiokafka default would hand out a whole partition per turn.
+    # Written 100 at a time, as a gateway writes: a broker returns whole producer batches, so a single bulk
+    # write (one 256 KiB batch per partition) could not be split finer than that.
+    body = b"x" * 200
+    for chunk in range(80):
+        keys = range(chunk * 100, chunk * 100 + 100)
+        await rig.writer.write([OutgoingRecord(rig.topic, f"key-{i}".encode(), body) for i in keys])
+    handler = Handler()
+    await rig.source.start(handler)
+    await asyncio.wait_for(handler.event.wait(), 30)
+    totals = await rig.source.end_offsets(rig.source.assignment())
+    assert min(totals.values()) > 3_000
+    order: list[TopicPartition] = []
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(order) < sum(totals.values()) and asyncio.get_running_loop().time() < deadline:
+        for partition, records in (await rig.source.getmany(200, 100)).items():
+            order.extend([partition] * len(records))
+    assert len(order) == sum(totals.values())
+    seen = dict.fromkeys(totals, 0)
+    longest = run = 0
+    previous: TopicPartition | None = None
+    for partition in order:
+        if any(seen[p] == totals[p] for p in totals):
+            break  # one partition is drained: from here on the other is rightly served alone
+        run = run + 1 if partition == previous else 1
+        previous = partition
+        longest = max(longest, run)
+        seen[partition] += 1
+    assert longest <= 1_500, f"one partition was served {longest} records in a row while the other waited"

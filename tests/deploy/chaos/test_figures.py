@@ -69,6 +69,27 @@ def test_the_page_is_a_pure_function_of_its_results() -> None:
     assert render(results).index("## R2 (quick)") < render(results).index("## drill (quick)")
 
 
+def section(page: str, heading: str) -> str:
+    """The text of one scenario's section of a page."""
+    return page.split(heading)[1].split("\n## ", maxsplit=1)[0].split("<!--", maxsplit=1)[0]
+
+
+def test_rendering_a_loaded_page_gives_the_same_page(tmp_path: Path) -> None:
+    page = tmp_path / "resilience.md"
+    update_figures(
+        page, result("R6", figures={"max_drain_s": 7.7, "drains": 3, "troubles": {"timeout": 1, "latency": 2}})
+    )
+    first = page.read_text(encoding="utf-8")
+    assert first.index("| max drain s |") < first.index("| drains |")  # the run's order, not alphabetical
+    assert "| troubles | timeout 1, latency 2 |" in first
+    assert render(load_results(page)) == first
+    update_figures(page, result("R1"))
+    assert page.read_text(encoding="utf-8").count("| max drain s |") == 1
+    second = page.read_text(encoding="utf-8")
+    assert render(load_results(page)) == second
+    assert section(second, "## R6") == section(first, "## R6")
+
+
 def test_a_page_without_data_has_no_results(tmp_path: Path) -> None:
     page = tmp_path / "resilience.md"
     assert load_results(page) == {}
