@@ -8,6 +8,7 @@ projector count without a Prometheus server.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,17 @@ from keel.errors import ServiceUnavailableError
 from schemas.catalog import Catalog, subject_for
 from schemas.registry import SchemaRegistry
 
-__all__ = ["HealthAnswer", "SubjectLevel", "fetch_health", "registry_version", "scrape_samples", "subject_levels"]
+__all__ = [
+    "HealthAnswer",
+    "SubjectLevel",
+    "fetch_health",
+    "get_with_retries",
+    "registry_version",
+    "scrape_samples",
+    "subject_levels",
+]
+
+GET_ATTEMPTS = 3  # one slow or dropped answer (a GC pause, a busy 2-core CI box) is not an outage
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,20 @@ class HealthAnswer:
         return self.status == 200
 
 
+async def get_with_retries(
+    client: httpx.AsyncClient, url: str, *, attempts: int = GET_ATTEMPTS, pause_s: float = 0.5
+) -> httpx.Response:
+    """GET `url`, retrying transport failures (timeout, refused or dropped connection); the last one is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await client.get(url)
+        except httpx.TransportError:
+            if attempt >= attempts:
+                raise
+            await asyncio.sleep(pause_s * attempt)
+    raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+
 async def registry_version(client: httpx.AsyncClient, registry_url: str) -> str:
     """The registry's product and version; ServiceUnavailableError when it does not answer."""
     base = registry_url.rstrip("/")
@@ -62,9 +87,11 @@ async def registry_version(client: httpx.AsyncClient, registry_url: str) -> str:
     last_error = "no answer"
     for url, product in attempts:
         try:
-            response = await client.get(url)
+            response = await get_with_retries(client, url)
         except httpx.HTTPError as error:
-            raise ServiceUnavailableError("registry", f"GET {url}: {error!r}") from error
+            raise ServiceUnavailableError(
+                "registry", f"GET {url} failed {GET_ATTEMPTS} times, last: {error!r}"
+            ) from error
         if response.status_code == 200:
             body = response.json()
             version = body.get("version") or "unknown version"
@@ -88,7 +115,7 @@ async def subject_levels(registry: SchemaRegistry, catalog: Catalog, topic_for: 
 async def fetch_health(client: httpx.AsyncClient, url: str) -> HealthAnswer:
     """GET a health endpoint; never raises (an unreachable service is an answer too)."""
     try:
-        response = await client.get(url)
+        response = await get_with_retries(client, url)
     except httpx.HTTPError as error:
         return HealthAnswer(url, None, {}, f"{type(error).__name__}: {error}")
     try:

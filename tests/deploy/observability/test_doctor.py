@@ -168,7 +168,7 @@ async def test_a_growing_dead_letter_topic_is_named_as_a_problem(services: Servi
     assert "2 new" in summary
     assert "2 in all" in summary
     assert "fix the producer" in advice
-    assert [f.check for f in report.problems] == ["dlq"]
+    assert [f.check for f in report.problems] == ["dlq"], report.problems
 
 
 def test_the_command_exits_non_zero_and_prints_what_to_do(tmp_path: Path) -> None:
