@@ -174,7 +174,7 @@ async def test_a_long_poll_returns_as_soon_as_the_outbox_grows(keel: FakeKeel, c
     polled = await client.get("/v1/pull", params={"cursor": first.next_cursor, "wait_s": 10}, headers=reader["headers"])
     await writing
     page = PullResponse.model_validate(polled.json())
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 8  # well before the 10 s wait: the poll was woken, not timed out
     [entry] = page.entries
     assert entry.event is not None
     assert entry.event.payload == {
