@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from consumers.kafka_source_adapter import KafkaSource
+from deploy.observability.services_probe import get_with_retries
 from keel.event_log import LogRecord
 from keel.settings import Settings
 from projections.batch import TopicPartition
@@ -74,8 +75,8 @@ async def read_records(settings: Settings, topics: Sequence[str], *, timeout_s: 
 async def health(url: str) -> dict[str, Any]:
     """A service's health details (empty when it does not answer)."""
     try:
-        async with httpx.AsyncClient(timeout=3.0) as client:
-            answer = (await client.get(url)).json()
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            answer = (await get_with_retries(client, url)).json()  # a verdict must not hang on one slow answer
     except (httpx.HTTPError, ValueError):
         return {}
     return dict(answer.get("details", answer)) if isinstance(answer, dict) else {}
