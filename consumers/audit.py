@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from consumers.dead_letter import DeadLetter, DeadLetterQueue
 from consumers.decoder import EventDecoder, entity_of_topic
 from consumers.kafka_source_adapter import KafkaSource
-from consumers.rebuild import BoundedSource
+from consumers.rebuild import BoundedSource, caught_up
 from consumers.runtime import ConsumerRuntime, RuntimeConfig
 from consumers.signature_check import signature_check
 from keel.errors import ConfigurationError, IntegrityError, KeelError
@@ -148,18 +148,6 @@ class _NoWriter:
         """Nothing to flush."""
 
 
-async def _caught_up(runtime: ConsumerRuntime, targets: Mapping[TopicPartition, int]) -> bool:
-    if runtime.batch_started_at is not None:
-        return False
-    for partition, target in targets.items():
-        position = runtime.positions.get(partition)
-        if target == 0 or (position is not None and position >= target):
-            continue
-        if partition not in runtime.positions or await runtime.source.position(partition) < target:
-            return False
-    return True
-
-
 async def _replay_to(
     runtime: ConsumerRuntime, bounded: BoundedSource, cut: Mapping[TopicPartition, int], task: asyncio.Task[None]
 ) -> None:
@@ -167,7 +155,7 @@ async def _replay_to(
     owned = runtime.source.assignment()
     bounded.raise_targets({p: o for p, o in cut.items() if p in owned})
     deadline = time.monotonic() + 3_600
-    while not await _caught_up(runtime, {p: o for p, o in bounded.targets.items() if p in owned}):
+    while not await caught_up(runtime, {p: o for p, o in bounded.targets.items() if p in owned}):
         if task.done():
             task.result()
             raise ConfigurationError("the audit replay stopped before reaching the cut")

@@ -37,7 +37,7 @@ from schemas.catalog import Catalog, default_catalog
 from schemas.migrations import MigrationRegistry
 from schemas.registry import SchemaRegistry
 
-__all__ = ["BoundedSource", "DigestComparison", "RebuildReport", "compare_digests", "rebuild"]
+__all__ = ["BoundedSource", "DigestComparison", "RebuildReport", "caught_up", "compare_digests", "rebuild"]
 
 _log = get_logger("rebuild")
 MAX_ROUNDS = 5
@@ -171,7 +171,8 @@ class _CountingSink:
         """Nothing to flush."""
 
 
-async def _caught_up(runtime: ConsumerRuntime, targets: Mapping[TopicPartition, int]) -> bool:
+async def caught_up(runtime: ConsumerRuntime, targets: Mapping[TopicPartition, int]) -> bool:
+    """Whether a replaying runtime has applied everything below `targets` (and no batch is in flight)."""
     if runtime.batch_started_at is not None:
         return False
     for partition, target in targets.items():
@@ -305,7 +306,7 @@ async def _replay(
 async def _wait_caught_up(
     runtime: ConsumerRuntime, targets: Mapping[TopicPartition, int], task: asyncio.Task[None], deadline: float
 ) -> None:
-    while not await _caught_up(runtime, targets):
+    while not await caught_up(runtime, targets):
         if task.done():
             task.result()
             raise ConfigurationError("the replay consumer stopped before catching up")
