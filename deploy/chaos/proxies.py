@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from deploy.toxiproxy_api import toxiproxy_call
 from keel.errors import ConfigurationError, ServiceUnavailableError
 
 __all__ = ["OwnProxy", "dsn_through"]
@@ -32,13 +33,7 @@ class OwnProxy:
         self._http = httpx.AsyncClient(base_url=self.api_url, timeout=60.0)
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            response = await self._http.request(method, path, json=body)
-        except httpx.HTTPError as error:
-            raise ServiceUnavailableError("toxiproxy", f"{method} {path}: {error!r}") from error
-        if response.status_code >= 400:
-            raise ConfigurationError(f"toxiproxy {method} {path}: HTTP {response.status_code}: {response.text[:200]}")
-        return response.json() if response.content else None
+        return await toxiproxy_call(self._http, method, path, body)
 
     async def create(self) -> str:
         """Create the proxy on a free port; its listen address (host:port)."""

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from keel.errors import ConfigurationError, ServiceUnavailableError
+from deploy.toxiproxy_api import toxiproxy_call
+from keel.errors import ConfigurationError
 
 __all__ = ["ToxiproxyControl"]
 
@@ -34,13 +35,7 @@ class ToxiproxyControl:
         self._disabled: set[str] = set()
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        try:
-            response = await self._http.request(method, path, json=body)
-        except httpx.HTTPError as error:
-            raise ServiceUnavailableError("toxiproxy", f"{method} {path}: {error!r}") from error
-        if response.status_code >= 400:
-            raise ConfigurationError(f"toxiproxy {method} {path}: HTTP {response.status_code}: {response.text[:200]}")
-        return response.json() if response.content else None
+        return await toxiproxy_call(self._http, method, path, body)
 
     async def kafka_proxies(self) -> dict[str, dict[str, Any]]:
         """The stack's `kafka-N` proxies by name."""
