@@ -1,10 +1,10 @@
-"""The event-log port on aiokafka: an idempotent, acks=all writer, client options and topic administration."""
+"""The event-log port on aiokafka: an idempotent, acks=all writer, client options, topic and group administration."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -13,9 +13,12 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from keel.errors import ServiceUnavailableError
 from keel.event_log import OutgoingRecord, RecordPosition
+from keel.logging import get_logger
 from keel.settings import Settings
 
-__all__ = ["AioKafkaLogWriter", "TopicSpec", "client_options", "ensure_topics"]
+__all__ = ["AioKafkaLogWriter", "TopicSpec", "client_options", "delete_groups", "ensure_topics", "librdkafka_options"]
+
+_log = get_logger("kafka")
 
 
 def client_options(settings: Settings, bootstrap: str | None = None) -> dict[str, Any]:
@@ -32,6 +35,50 @@ def client_options(settings: Settings, bootstrap: str | None = None) -> dict[str
         options["sasl_plain_username"] = settings.kafka_sasl_username
         options["sasl_plain_password"] = settings.kafka_sasl_password
     return options
+
+
+def librdkafka_options(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
+    """The same connection settings for confluent-kafka (librdkafka) clients: admin tools, partners, benchmarks."""
+    options = {
+        "bootstrap.servers": bootstrap or settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_ssl_cafile is not None:
+        options["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism:
+        options["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl.username"] = settings.kafka_sasl_username or ""
+        options["sasl.password"] = settings.kafka_sasl_password or ""
+    return options
+
+
+def delete_groups(settings: Settings, wanted: Callable[[str], bool]) -> list[str]:
+    """Delete the consumer groups whose id `wanted` accepts; the ids deleted (blocking: run it in a thread).
+
+    aiokafka has no DeleteGroups, confluent-kafka's admin client has. A group that still has members (one
+    SIGKILLed inside its session timeout) or a broker that does not answer is logged and left to the
+    broker's offsets retention: clean-up must never fail the work it follows.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**librdkafka_options(settings), "log_level": 0})
+    try:
+        listed = admin.list_consumer_groups(request_timeout=10).result()
+    except KafkaException as error:
+        _log.warning("consumer groups not listed", error=str(error))
+        return []
+    chosen = sorted(g.group_id for g in listed.valid if wanted(g.group_id))
+    if not chosen:
+        return []
+    deleted = []
+    for group, future in sorted(admin.delete_consumer_groups(chosen, request_timeout=10).items()):
+        try:
+            future.result()
+            deleted.append(group)
+        except KafkaException as error:
+            _log.warning("consumer group not deleted", group=group, error=str(error))
+    return deleted
 
 
 class AioKafkaLogWriter:

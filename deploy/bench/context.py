@@ -7,6 +7,7 @@ afterwards (topics, subjects, schemas it created; nothing else is touched).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from keel.kafka_adapter import TopicSpec, client_options, ensure_topics
+from keel.kafka_adapter import TopicSpec, client_options, delete_groups, ensure_topics
 from keel.logging import get_logger
 from keel.settings import Settings
 from projections.pg_adapter import Pool, connect_pool
@@ -92,10 +93,15 @@ class BenchContext:
         await ensure_topics(settings, specs)
 
     async def cleanup(self) -> None:
-        """Delete this run's topics, registry subjects and PostgreSQL schemas (best effort, logged)."""
+        """Delete this run's topics, consumer groups, registry subjects and PostgreSQL schemas (best effort, logged)."""
         await self._delete_topics()
+        await asyncio.to_thread(delete_groups, self.settings, self.owns_group)
         await self._delete_subjects()
         await self._drop_schemas()
+
+    def owns_group(self, group: str) -> bool:
+        """Whether a consumer group is one of this run's (named after one of its prefixes)."""
+        return any(group == p or group.startswith(f"{p}-") for p in self.prefixes)
 
     async def _delete_topics(self) -> None:
         admin = AIOKafkaAdminClient(**client_options(self.settings))

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka import Producer
 
 from keel.event_log import OutgoingRecord
-from keel.kafka_adapter import client_options
+from keel.kafka_adapter import client_options, librdkafka_options
 from keel.settings import Settings
 
 __all__ = ["aiokafka_send_rate", "confluent_send_rate", "produce_consume", "round_trip_latencies"]
@@ -67,20 +67,7 @@ async def aiokafka_send_rate(settings: Settings, streams: Sequence[Sequence[Sequ
 
 
 def _confluent_config(settings: Settings) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "security.protocol": settings.kafka_security_protocol,
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": LINGER_MS,
-    }
-    if settings.kafka_ssl_cafile:
-        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
-    if settings.kafka_sasl_mechanism:
-        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl.username"] = settings.kafka_sasl_username
-        config["sasl.password"] = settings.kafka_sasl_password
-    return config
+    return {**librdkafka_options(settings), "acks": "all", "enable.idempotence": True, "linger.ms": LINGER_MS}
 
 
 def _confluent_rate(settings: Settings, records: Sequence[OutgoingRecord]) -> float:

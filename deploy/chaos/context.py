@@ -4,7 +4,7 @@ A run id names the topic prefix (`chaos-<id>`), the PostgreSQL schema (`chaos_<i
 so a run touches nothing but its own data on the shared stack. Services run as `keel run …` child
 processes (`deploy/demo/services.py`) that a scenario can SIGKILL, SIGSTOP and restart; each logs to the
 run's folder `.keel/chaos/<id>/`. `cleanup` stops every service and closes every client the run opened;
-on success the run's topics and schema are dropped unless asked to keep them.
+on success the run's topics, schema and consumer groups are dropped unless asked to keep them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +25,21 @@ from deploy.chaos.proxies import OwnProxy
 from deploy.chaos.scenario import Size
 from deploy.demo.services import ServiceProcess, free_port
 from keel.errors import ConfigurationError, ServiceUnavailableError
+from keel.kafka_adapter import delete_groups
 from keel.logging import get_logger
 from keel.settings import Settings
 from projections.pg_adapter import Pool, connect_pool, pg_errors
 from projections.sql_migrations import in_schema
 
-__all__ = ["ChaosRun", "drop_run_data", "exited", "run_names", "start_armed", "wait_until"]
+__all__ = [
+    "ChaosRun",
+    "drop_run_data",
+    "exited",
+    "run_groups",
+    "run_names",
+    "start_armed",
+    "wait_until",
+]
 
 _log = get_logger("chaos")
 ENROLLMENT_SECRET_BYTES = 24
@@ -199,8 +208,13 @@ class ChaosRun:
             await drop_run_data(self.settings)
 
 
+def run_groups(group: str, listed: Iterable[str]) -> list[str]:
+    """The run's consumer groups among `listed`: its group and the ones named `<group>-…` (never a prefix)."""
+    return sorted(g for g in listed if g == group or g.startswith(f"{group}-"))
+
+
 async def drop_run_data(settings: Settings) -> None:
-    """Drop the run's PostgreSQL schema (and its snapshot/shadow schemas) and delete its topics."""
+    """Drop the run's PostgreSQL schema (and its snapshot/shadow schemas), its topics and its consumer groups."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
@@ -228,6 +242,7 @@ async def drop_run_data(settings: Settings) -> None:
         _log.warning("could not delete the run's topics", prefix=settings.topic_prefix, error=repr(error))
     finally:
         await admin.close()
+    await asyncio.to_thread(delete_groups, settings, lambda g: bool(run_groups(settings.consumer_group, [g])))
 
 
 async def wait_until(

@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from keel.kafka_adapter import librdkafka_options
 from keel.settings import Settings
 
 ENV_KEYS = ("KEEL_KAFKA_BOOTSTRAP", "KEEL_REGISTRY_URL", "KEEL_DATABASE_URL")
@@ -44,17 +45,7 @@ def kafka_security_env(settings: Settings) -> dict[str, str]:
 
 def librdkafka_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
     """confluent-kafka connection settings (bootstrap, TLS, SASL) of `settings`, as a partner would write them."""
-    config = {
-        "bootstrap.servers": bootstrap or settings.kafka_bootstrap,
-        "security.protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_ssl_cafile is not None:
-        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
-    if settings.kafka_sasl_mechanism:
-        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
-        config["sasl.username"] = settings.kafka_sasl_username or ""
-        config["sasl.password"] = settings.kafka_sasl_password or ""
-    return config
+    return librdkafka_options(settings, bootstrap)
 
 
 @dataclass(frozen=True)
