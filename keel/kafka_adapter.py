@@ -52,7 +52,7 @@ def librdkafka_options(settings: Settings, bootstrap: str | None = None) -> dict
     return options
 
 
-def delete_groups(settings: Settings, wanted: Callable[[str], bool]) -> list[str]:
+def delete_groups(settings: Settings, wanted: Callable[[str], bool], *, timeout_s: float = 10.0) -> list[str]:
     """Delete the consumer groups whose id `wanted` accepts; the ids deleted (blocking: run it in a thread).
 
     aiokafka has no DeleteGroups, confluent-kafka's admin client has. A group that still has members (one
@@ -64,15 +64,17 @@ def delete_groups(settings: Settings, wanted: Callable[[str], bool]) -> list[str
 
     admin = AdminClient({**librdkafka_options(settings), "log_level": 0})
     try:
-        listed = admin.list_consumer_groups(request_timeout=10).result()
+        listed = admin.list_consumer_groups(request_timeout=timeout_s).result()
     except KafkaException as error:
         _log.warning("consumer groups not listed", error=str(error))
         return []
+    if listed.errors:  # an unreachable broker answers an empty list plus errors, not an exception
+        _log.warning("consumer groups listed with errors", errors=[str(e) for e in listed.errors])
     chosen = sorted(g.group_id for g in listed.valid if wanted(g.group_id))
     if not chosen:
         return []
     deleted = []
-    for group, future in sorted(admin.delete_consumer_groups(chosen, request_timeout=10).items()):
+    for group, future in sorted(admin.delete_consumer_groups(chosen, request_timeout=timeout_s).items()):
         try:
             future.result()
             deleted.append(group)

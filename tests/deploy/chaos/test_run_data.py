@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from deploy.chaos.context import drop_run_data, run_groups
-from keel.kafka_adapter import TopicSpec, client_options, ensure_topics, librdkafka_options
+from keel.kafka_adapter import TopicSpec, client_options, delete_groups, ensure_topics, librdkafka_options
 from keel.settings import Settings
 from tests.support.services import Services
 
@@ -19,6 +19,11 @@ def test_the_run_groups_are_its_own_group_and_its_dashed_children() -> None:
     listed = ["chaos-r5-1", "chaos-r5-1-own", "chaos-r5-1-relay", "chaos-r5-10", "chaos-r5-1x", "other"]
     assert run_groups("chaos-r5-1", listed) == ["chaos-r5-1", "chaos-r5-1-own", "chaos-r5-1-relay"]
     assert run_groups("chaos-r5-2", listed) == []
+
+
+def test_a_broker_that_does_not_answer_costs_the_clean_up_nothing_but_a_warning() -> None:
+    unreachable = Settings(kafka_bootstrap="127.0.0.1:1")
+    assert delete_groups(unreachable, lambda group: True, timeout_s=1.0) == []
 
 
 def _groups(settings: Settings) -> set[str]:
