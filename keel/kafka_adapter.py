@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -16,7 +16,16 @@ from keel.event_log import OutgoingRecord, RecordPosition
 from keel.logging import get_logger
 from keel.settings import Settings
 
-__all__ = ["AioKafkaLogWriter", "TopicSpec", "client_options", "delete_groups", "ensure_topics", "librdkafka_options"]
+__all__ = [
+    "AioKafkaLogWriter",
+    "TopicSpec",
+    "client_options",
+    "delete_groups",
+    "delete_topics_under",
+    "ensure_topics",
+    "groups_named_after",
+    "librdkafka_options",
+]
 
 _log = get_logger("kafka")
 
@@ -52,12 +61,18 @@ def librdkafka_options(settings: Settings, bootstrap: str | None = None) -> dict
     return options
 
 
-def delete_groups(settings: Settings, wanted: Callable[[str], bool], *, timeout_s: float = 10.0) -> list[str]:
-    """Delete the consumer groups whose id `wanted` accepts; the ids deleted (blocking: run it in a thread).
+def groups_named_after(names: Iterable[str], listed: Iterable[str]) -> list[str]:
+    """The groups among `listed` that are one of `names` or `<name>-…` (a name that merely starts alike is not)."""
+    stems = tuple(names)
+    return sorted(g for g in listed if any(g == n or g.startswith(f"{n}-") for n in stems))
 
-    aiokafka has no DeleteGroups, confluent-kafka's admin client has. A group that still has members (one
-    SIGKILLed inside its session timeout) or a broker that does not answer is logged and left to the
-    broker's offsets retention: clean-up must never fail the work it follows.
+
+def delete_groups(settings: Settings, names: Iterable[str], *, timeout_s: float = 10.0) -> list[str]:
+    """Delete the consumer groups named after `names` (`groups_named_after`); the ids deleted (blocking).
+
+    Run it in a thread. aiokafka has no DeleteGroups, confluent-kafka's admin client has. A group that still
+    has members (one SIGKILLed inside its session timeout) or a broker that does not answer is logged and left
+    to the broker's offsets retention: clean-up must never fail the work it follows.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
@@ -70,7 +85,7 @@ def delete_groups(settings: Settings, wanted: Callable[[str], bool], *, timeout_
         return []
     if listed.errors:  # an unreachable broker answers an empty list plus errors, not an exception
         _log.warning("consumer groups listed with errors", errors=[str(e) for e in listed.errors])
-    chosen = sorted(g.group_id for g in listed.valid if wanted(g.group_id))
+    chosen = groups_named_after(names, (g.group_id for g in listed.valid))
     if not chosen:
         return []
     deleted = []
@@ -174,3 +189,23 @@ async def ensure_topics(settings: Settings, topics: Sequence[TopicSpec], *, boot
     finally:
         await admin.close()
     return created
+
+
+async def delete_topics_under(settings: Settings, prefixes: Iterable[str]) -> list[str]:
+    """Delete the topics named `<prefix>.…` for any of `prefixes`; the names deleted.
+
+    Clean-up of a run's own names: a broker that does not answer is logged, never raised.
+    """
+    stems = tuple(f"{p}." for p in prefixes)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        await admin.start()
+        mine = sorted(t for t in await admin.list_topics() if t.startswith(stems))
+        if mine:
+            await admin.delete_topics(mine)
+    except (KafkaError, OSError) as error:
+        _log.warning("topics not deleted", prefixes=[s[:-1] for s in stems], error=repr(error))
+        return []
+    finally:
+        await admin.close()
+    return mine

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
-from keel.kafka_adapter import TopicSpec, client_options, delete_groups, ensure_topics
+from keel.kafka_adapter import TopicSpec, delete_groups, delete_topics_under, ensure_topics
 from keel.logging import get_logger
 from keel.settings import Settings
 from projections.pg_adapter import Pool, connect_pool
@@ -94,26 +92,10 @@ class BenchContext:
 
     async def cleanup(self) -> None:
         """Delete this run's topics, consumer groups, registry subjects and PostgreSQL schemas (best effort, logged)."""
-        await self._delete_topics()
-        await asyncio.to_thread(delete_groups, self.settings, self.owns_group)
+        await delete_topics_under(self.settings, self.prefixes)
+        await asyncio.to_thread(delete_groups, self.settings, self.prefixes)  # groups are named after prefixes
         await self._delete_subjects()
         await self._drop_schemas()
-
-    def owns_group(self, group: str) -> bool:
-        """Whether a consumer group is one of this run's (named after one of its prefixes)."""
-        return any(group == p or group.startswith(f"{p}-") for p in self.prefixes)
-
-    async def _delete_topics(self) -> None:
-        admin = AIOKafkaAdminClient(**client_options(self.settings))
-        try:
-            await admin.start()
-            mine = [t for t in await admin.list_topics() if any(t.startswith(f"{p}.") for p in self.prefixes)]
-            if mine:
-                await admin.delete_topics(mine)
-        except (KafkaError, OSError) as error:
-            _log.warning("bench topics not deleted", error=repr(error))
-        finally:
-            await admin.close()
 
     async def _delete_subjects(self) -> None:
         # Soft delete, then permanent: the shared registry should not keep this run's subjects.

@@ -15,7 +15,7 @@ import random
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +25,7 @@ from deploy.chaos.proxies import OwnProxy
 from deploy.chaos.scenario import Size
 from deploy.demo.services import ServiceProcess, free_port
 from keel.errors import ConfigurationError, ServiceUnavailableError
-from keel.kafka_adapter import delete_groups
+from keel.kafka_adapter import delete_groups, delete_topics_under
 from keel.logging import get_logger
 from keel.settings import Settings
 from projections.pg_adapter import Pool, connect_pool, pg_errors
@@ -35,7 +35,6 @@ __all__ = [
     "ChaosRun",
     "drop_run_data",
     "exited",
-    "run_groups",
     "run_names",
     "start_armed",
     "wait_until",
@@ -208,18 +207,8 @@ class ChaosRun:
             await drop_run_data(self.settings)
 
 
-def run_groups(group: str, listed: Iterable[str]) -> list[str]:
-    """The run's consumer groups among `listed`: its group and the ones named `<group>-…` (never a prefix)."""
-    return sorted(g for g in listed if g == group or g.startswith(f"{group}-"))
-
-
 async def drop_run_data(settings: Settings) -> None:
     """Drop the run's PostgreSQL schema (and its snapshot/shadow schemas), its topics and its consumer groups."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
-    from keel.kafka_adapter import client_options
-
     pool = await connect_pool(settings.database_url, max_size=1, application_name="keel-chaos")
     try:
         async with pg_errors("drop the run's schemas"), pool.acquire() as connection:
@@ -232,17 +221,8 @@ async def drop_run_data(settings: Settings) -> None:
                 await connection.execute(in_schema("DROP SCHEMA IF EXISTS {schema} CASCADE", row["nspname"]))
     finally:
         await pool.close()
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    try:
-        await admin.start()
-        topics = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")]
-        if topics:
-            await admin.delete_topics(topics)
-    except (KafkaError, OSError) as error:
-        _log.warning("could not delete the run's topics", prefix=settings.topic_prefix, error=repr(error))
-    finally:
-        await admin.close()
-    await asyncio.to_thread(delete_groups, settings, lambda g: bool(run_groups(settings.consumer_group, [g])))
+    await delete_topics_under(settings, [settings.topic_prefix])
+    await asyncio.to_thread(delete_groups, settings, [settings.consumer_group])
 
 
 async def wait_until(

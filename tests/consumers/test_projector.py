@@ -12,7 +12,7 @@ import pytest
 
 from consumers.dead_letter import ERROR_CLASS, ERROR_MESSAGE, SCHEMA_ID, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from keel.event_log import OutgoingRecord
-from keel.kafka_adapter import AioKafkaLogWriter
+from keel.kafka_adapter import AioKafkaLogWriter, librdkafka_options
 from keel.settings import Settings
 from projections.pg_adapter import Pool
 from projections.pg_admin_adapter import PgAdmin
@@ -29,7 +29,7 @@ from tests.consumers.helpers import (
 )
 from tests.consumers.projector_rig import count, read_topic, running_projector, wait_applied
 from tests.support.naming import unique
-from tests.support.services import Services, librdkafka_config
+from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
 
@@ -227,7 +227,7 @@ async def test_events_from_a_partners_plain_avro_serializer_are_projected(
     topic = keel_settings.topic_for("task")
     schema_text = default_catalog().schema("task", 2).text
     await registry.register(subject_for(topic), schema_text)  # the partner registers once, then serializes
-    producer = Producer({**librdkafka_config(keel_settings), "acks": "all"})
+    producer = Producer({**librdkafka_options(keel_settings), "acks": "all"})
     with SchemaRegistryClient({"url": keel_settings.registry_url}) as client:
         serializer = AvroSerializer(client, schema_text, conf={"auto.register.schemas": False})
         for index in range(5):

@@ -19,7 +19,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumers.state_relay_service import StateRelayService
-from keel.kafka_adapter import AioKafkaLogWriter
+from keel.kafka_adapter import AioKafkaLogWriter, librdkafka_options
 from keel.settings import Settings
 from projections.entity_tables import entity_tables
 from projections.outbox import START
@@ -33,7 +33,6 @@ from schemas.registry_adapter import ConfluentSchemaRegistry
 from tests.consumers.helpers import EventFactory, encoder_for, write_events
 from tests.consumers.projector_rig import running_projector, wait_applied
 from tests.projections.fixtures import feed_settled
-from tests.support.services import librdkafka_config
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +76,7 @@ def read_state_topic(settings: Settings, topic: str) -> list[tuple[str, dict[str
         deserializer = AvroDeserializer(registry)
         consumer = Consumer(
             {
-                **librdkafka_config(settings),
+                **librdkafka_options(settings),
                 "group.id": f"{settings.consumer_group}.partner",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,

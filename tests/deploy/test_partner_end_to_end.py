@@ -6,7 +6,7 @@ Nothing of Keel is on that path but the topic name. Keel's side is the real thin
 registers the schemas at start), the projector, and an enrolled device pulling through the gateway.
 
 On the secure stack (`make test-secure`) the partner's client speaks SASL_SSL/SCRAM with the test
-session's principal (tests/support/services.py): `librdkafka_config` is exactly the `KAFKA` dict of
+session's principal (tests/support/services.py): `librdkafka_options` is exactly the `KAFKA` dict of
 docs/partners.md § Access.
 """
 
@@ -25,9 +25,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from keel.kafka_adapter import librdkafka_options
 from tests.producers.live import eventually, live_keel
 from tests.support.naming import unique
-from tests.support.services import Services, librdkafka_config
+from tests.support.services import Services
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +124,7 @@ async def test_a_partner_writes_with_plain_avro_and_reads_keels_events_with_a_pl
     async with live_keel(services) as keel:  # gateway (schemas registered at start) and projector
         settings = keel.settings
         topic = settings.topic_for("task")
-        kafka = librdkafka_config(settings)
+        kafka = librdkafka_options(settings)
         device = await keel.device(tmp_path / "device.db", tenant_id="acme")
         await device.start()
 

@@ -11,7 +11,8 @@ Secure mode: tests log in to Kafka as the stack's super user `admin` over SASL_S
 groups under names of their own on the fly), and to PostgreSQL as the schema owner with its password.
 What each service principal and role may do is tested on its own (tests/deploy/test_secure_kafka.py,
 test_database_roles.py). `Services.settings()` carries the security fields, `kafka_security_env()` passes
-them to child processes and `librdkafka_config()` to direct confluent-kafka clients (docs/security.md).
+them to child processes and `keel.kafka_adapter.librdkafka_options()` to direct confluent-kafka clients
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def kafka_security_env(settings: Settings) -> dict[str, str]:
     return settings.kafka_security_environment()
 
 
-def librdkafka_config(settings: Settings, bootstrap: str | None = None) -> dict[str, str]:
-    """confluent-kafka connection settings (bootstrap, TLS, SASL) of `settings`, as a partner would write them."""
-    return librdkafka_options(settings, bootstrap)
+def consumer_groups(settings: Settings) -> set[str]:
+    """Every consumer group id the broker of `settings` lists (through confluent-kafka's admin client)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**librdkafka_options(settings), "log_level": 0})
+    return {g.group_id for g in admin.list_consumer_groups(request_timeout=10).result().valid}
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class Services:
 
     def librdkafka(self, bootstrap: str | None = None) -> dict[str, str]:
         """confluent-kafka connection settings for these services."""
-        return librdkafka_config(self.settings(), bootstrap)
+        return librdkafka_options(self.settings(), bootstrap)
 
     def kafka_env(self) -> dict[str, str]:
         """`KEEL_KAFKA_*` security variables for a child process."""

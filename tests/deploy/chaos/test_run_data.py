@@ -9,26 +9,28 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from deploy.chaos.context import drop_run_data, run_groups
-from keel.kafka_adapter import TopicSpec, client_options, delete_groups, ensure_topics, librdkafka_options
+from deploy.chaos.context import drop_run_data
+from keel.kafka_adapter import (
+    TopicSpec,
+    client_options,
+    delete_groups,
+    ensure_topics,
+    groups_named_after,
+    librdkafka_options,
+)
 from keel.settings import Settings
-from tests.support.services import Services
+from tests.support.services import Services, consumer_groups
 
 
 def test_the_run_groups_are_its_own_group_and_its_dashed_children() -> None:
     listed = ["chaos-r5-1", "chaos-r5-1-own", "chaos-r5-1-relay", "chaos-r5-10", "chaos-r5-1x", "other"]
-    assert run_groups("chaos-r5-1", listed) == ["chaos-r5-1", "chaos-r5-1-own", "chaos-r5-1-relay"]
-    assert run_groups("chaos-r5-2", listed) == []
+    assert groups_named_after(["chaos-r5-1"], listed) == ["chaos-r5-1", "chaos-r5-1-own", "chaos-r5-1-relay"]
+    assert groups_named_after(["chaos-r5-2"], listed) == []
 
 
 def test_a_broker_that_does_not_answer_costs_the_clean_up_nothing_but_a_warning() -> None:
     unreachable = Settings(kafka_bootstrap="127.0.0.1:1")
-    assert delete_groups(unreachable, lambda group: True, timeout_s=1.0) == []
-
-
-def _groups(settings: Settings) -> set[str]:
-    admin = AdminClient({**librdkafka_options(settings), "log_level": 0})
-    return {g.group_id for g in admin.list_consumer_groups(request_timeout=10).result().valid}
+    assert delete_groups(unreachable, ["chaos-r5-1"], timeout_s=1.0) == []
 
 
 async def _commit(settings: Settings, group: str, partition: TopicPartition) -> None:
@@ -52,11 +54,11 @@ async def test_dropping_a_runs_data_deletes_its_topics_and_groups_and_no_one_els
     neighbour = f"{settings.consumer_group}x"
     for group in [*mine, neighbour]:
         await _commit(settings, group, TopicPartition(topic, 0))
-    assert set(mine) | {neighbour} <= _groups(settings)
+    assert set(mine) | {neighbour} <= consumer_groups(settings)
 
     await drop_run_data(settings)
 
-    left = _groups(settings)
+    left = consumer_groups(settings)
     assert not set(mine) & left
     assert neighbour in left
     admin = AdminClient({**librdkafka_options(settings), "log_level": 0})
