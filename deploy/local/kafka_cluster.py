@@ -6,15 +6,17 @@ SASL/SCRAM and the authorizer (`keel stack up --secure`).
 
 from __future__ import annotations
 
+import base64
+import os
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from deploy.local.processes import ManagedProcess, run_checked
 
-__all__ = ["ClusterSecurity", "KafkaCluster", "KafkaNode"]
+__all__ = ["ClusterSecurity", "KafkaCluster", "KafkaNode", "new_cluster_id"]
 
 _LOG4J2 = """status = warn
 appender.console.type = Console
@@ -62,6 +64,18 @@ class KafkaNode:
     def proxied_endpoint(self) -> str:
         """host:port that clients should use to go through Toxiproxy."""
         return f"127.0.0.1:{self.proxy_port}"
+
+
+def new_cluster_id(random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    """A KRaft cluster id: 16 random bytes in URL-safe base64 without padding, never starting with '-'.
+
+    Kafka's own `Uuid.randomUuid` draws again for a leading '-', because command lines (StorageTool's
+    `-t ID`) read such an id as an option; one id in 64 would otherwise fail `kafka-storage format`.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(random_bytes(16)).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 class ClusterSecurity(Protocol):
@@ -172,10 +186,7 @@ class KafkaCluster:
         id_file = self.folder / "cluster.id"
         if not id_file.exists():
             self.folder.mkdir(parents=True, exist_ok=True)
-            # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding (StorageTool random-uuid).
-            import base64
-
-            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+            id_file.write_text(new_cluster_id())
         return id_file.read_text().strip()
 
     def _jvm(self, main_class: str, *args: str, heap_mb: int | None = None) -> list[str]:
@@ -213,8 +224,7 @@ class KafkaCluster:
                     self._jvm(
                         "kafka.tools.StorageTool",
                         "format",
-                        "-t",
-                        cluster_id,
+                        f"--cluster-id={cluster_id}",  # `=`: an id kept from before may start with '-'
                         "-c",
                         str(props.resolve()),
                         *extra,
