@@ -7,9 +7,11 @@ readable by the server's user alone, stays trusted for the stack's own bootstrap
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import time
@@ -18,7 +20,11 @@ from pathlib import Path
 from deploy.local.processes import ManagedProcess, run_checked
 from keel.errors import ConfigurationError
 
-__all__ = ["PostgresServer", "find_pg_bin"]
+__all__ = [
+    "PostgresServer",
+    "claim_outside_folder",
+    "find_pg_bin",
+]
 
 ROLE = "keel"
 PASSWORD = "keel"  # noqa: S105 - local development stack on loopback only
@@ -66,6 +72,42 @@ def _reachable_by(user: str, folder: Path) -> bool:
     return True
 
 
+OWNER_FILE = "keel-home"  # in an outside cluster folder and in its home: the same random token in both
+
+
+def _pid_alive(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def claim_outside_folder(outside: Path, home: Path) -> None:
+    """Make the cluster folder `outside` (named after `home`'s path) belong to this very `home`.
+
+    A folder left by an earlier home at the same path (a deleted clone or pytest temp folder, recreated)
+    is discarded rather than adopted: its stale `postmaster.pid` or data would otherwise break or leak
+    into the new stack. A folder without an owner mark (made before marks existed) is adopted.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    token_file, owner = home / OWNER_FILE, outside / OWNER_FILE
+    with contextlib.suppress(FileExistsError), token_file.open("x") as fresh:  # first writer wins, once
+        fresh.write(secrets.token_hex(16) + "\n")
+    token = token_file.read_text()
+    if owner.exists() and owner.read_text() != token:
+        pid = _pid_alive(outside / "data" / "postmaster.pid")
+        if pid is not None:
+            raise ConfigurationError(
+                f"{outside} belongs to a removed stack whose PostgreSQL (pid {pid}) still runs; stop it "
+                f"(pg_ctl -D {outside / 'data'} stop) and retry"
+            )
+        shutil.rmtree(outside)
+    outside.mkdir(parents=True, exist_ok=True)
+    owner.write_text(token)
+
+
 class PostgresServer:
     """A PostgreSQL cluster owned by the stack; run as `postgres` when we are root."""
 
@@ -86,7 +128,9 @@ class PostgresServer:
         # The clone lives where `postgres` cannot reach (e.g. under /root): keep the cluster in /var/tmp,
         # in a folder named after the clone so clones never share one.
         digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
-        return Path("/var/tmp") / f"keel-postgres-{digest}"  # noqa: S108 - a private folder, created 0700 by initdb
+        outside = Path("/var/tmp") / f"keel-postgres-{digest}"  # noqa: S108 - a private folder, created 0700 by initdb
+        claim_outside_folder(outside, folder)
+        return outside
 
     @property
     def dsn(self) -> str:
